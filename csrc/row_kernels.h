@@ -1,0 +1,15 @@
+// Row kernels shared between ops: each is defined (and multiversioned) in its op's file,
+// and apply_edt_ composes the entropy and temperature kernels per row.
+#pragma once
+
+#include <cstdint>
+
+namespace real_vllm {
+
+// H(softmax(row)) in nats with the non-finite-row policy of entropy_nats. entropy.cpp.
+float entropy_row(const float* row, int64_t vocab);
+
+// row / t in place, as true float32 divisions. temperature.cpp.
+void temperature_row(float* row, int64_t vocab, float t);
+
+}  // namespace real_vllm

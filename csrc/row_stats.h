@@ -1,0 +1,182 @@
+// Per-row statistics of float32 logits, shared by the entropy, EDT and top-p kernels.
+//
+// Every loop here runs under `omp simd`: the kernels are bound by memory and by exp, and
+// libm's expf is an opaque call that only vectorises under -ffast-math, which the true
+// divisions of the temperature kernels forbid. exp_nonpos below is the vectorisable
+// replacement.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+
+// The per-row kernels of the op files carry this attribute: they are compiled for
+// x86-64-v4 (AVX-512) and x86-64-v3 (AVX2 + FMA) as well as for the baseline setup.py builds
+// for, and the best one for the running CPU is picked at load time (GCC function
+// multiversioning; GCC 12 added these arch levels). On the SSE2 baseline the exp-bound loops
+// run 3-5x slower. Elsewhere it is empty and the baseline build serves.
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12 && defined(__x86_64__) && \
+    defined(__linux__)
+#define REAL_VLLM_ROW_KERNEL \
+  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define REAL_VLLM_ROW_KERNEL
+#endif
+
+// The helpers below must be inlined into each clone of a row kernel to get its instruction
+// set; an out-of-line copy would be compiled for the baseline only.
+#if defined(__GNUC__)
+#define REAL_VLLM_INLINE inline __attribute__((always_inline))
+#else
+#define REAL_VLLM_INLINE inline
+#endif
+
+namespace real_vllm {
+
+constexpr float kInf = std::numeric_limits<float>::infinity();
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+// exp_nonpos clamps its argument here: e^-88 is below the smallest normal float, so it and
+// everything under it (-inf included) comes out exactly 0.
+constexpr float kExpFloor = -88.0f;
+
+// max(x, kExpFloor) (-inf -> kExpFloor) in bit operations. A plain select would let the
+// optimiser (PRE) fold the clamped path of exp_nonpos into a constant and split the loop
+// body in two, and a loop with a branch does not vectorise under -ftrapping-math.
+REAL_VLLM_INLINE float clamp_to_exp_floor(float x) {
+  int32_t x_bits, floor_bits;
+  std::memcpy(&x_bits, &x, sizeof x_bits);
+  std::memcpy(&floor_bits, &kExpFloor, sizeof floor_bits);
+  const int32_t keep = -static_cast<int32_t>(x > kExpFloor);
+  const int32_t bits = (x_bits & keep) | (floor_bits & ~keep);
+  float out;
+  std::memcpy(&out, &bits, sizeof out);
+  return out;
+}
+
+// exp(x) for x <= 0, branch-free so it vectorises; relative error below 1e-7 (Cephes expf:
+// Cody-Waite reduction by ln 2, then a polynomial). x below about -87.7, -inf and NaN give
+// exactly 0, so masked (-inf) tokens contribute exactly nothing.
+REAL_VLLM_INLINE float exp_nonpos(float x) {
+  constexpr float kLog2e = 1.44269504088896341f;
+  constexpr float kLn2Hi = 0.693359375f;  // ln 2 split so k * kLn2Hi is exact
+  constexpr float kLn2Lo = -2.12194440e-4f;
+  constexpr float kRound = 12582912.0f;   // 1.5 * 2^23: adding it rounds to an integer
+  constexpr int32_t kRoundBits = 0x4B400000;
+
+  const float xc = clamp_to_exp_floor(x);
+  // k = round(x / ln 2), read off the mantissa bits: no float->int conversion, no UB.
+  const float t = xc * kLog2e + kRound;
+  const float k = t - kRound;
+  int32_t t_bits;
+  std::memcpy(&t_bits, &t, sizeof t_bits);
+  // 2^k from its exponent field; k = -127 (x below about -87.7) gives the field 0, i.e. 0.0.
+  const uint32_t pow2_bits = static_cast<uint32_t>(t_bits - kRoundBits + 127) << 23;
+  float pow2k;
+  std::memcpy(&pow2k, &pow2_bits, sizeof pow2k);
+
+  float r = xc - k * kLn2Hi;
+  r = r - k * kLn2Lo;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * (r * r) + r + 1.0f;
+  return p * pow2k;
+}
+
+// Softmax statistics of one row relative to its max m:
+//   z = sum exp(l - m),  s = sum exp(l - m) (l - m),  so  H = ln z - s / z.
+struct SoftmaxStats {
+  float max = -kInf;    // -inf while every entry is -inf
+  double z = 0.0;
+  double s = 0.0;
+  bool finite = true;   // false when the row holds a NaN or +inf (softmax undefined)
+};
+
+// One read of the row (ALGORITHMS.md §1). The row streams through in L1-sized chunks: each
+// chunk's max is found first, then its terms are summed against the running max, so the
+// exps vectorise. When the running max rises from m to m', the sums are moved onto m':
+// z <- e^(m-m') z and s <- e^(m-m') (s + z (m - m')).
+REAL_VLLM_INLINE SoftmaxStats softmax_stats(const float* row, int64_t n) {
+  constexpr int64_t kChunk = 2048;  // 8 KiB: still in L1 for the second loop
+  SoftmaxStats st;
+  for (int64_t c0 = 0; c0 < n; c0 += kChunk) {
+    const float* x = row + c0;
+    const int64_t len = std::min(kChunk, n - c0);
+
+    float cmax = -kInf;
+    int bad = 0;
+#pragma omp simd reduction(max : cmax) reduction(| : bad)
+    for (int64_t i = 0; i < len; ++i) {
+      cmax = x[i] > cmax ? x[i] : cmax;
+      bad |= !(x[i] < kInf);  // NaN or +inf
+    }
+    if (bad) {
+      st.finite = false;
+      return st;
+    }
+    if (cmax > st.max) {
+      if (st.z > 0.0) {  // z > 0 exactly when the old max is finite (it contributes e^0)
+        const double shift = double(st.max) - double(cmax);
+        const double a = std::exp(shift);
+        st.s = a * (st.s + st.z * shift);
+        st.z *= a;
+      }
+      st.max = cmax;
+    }
+    if (st.max == -kInf) continue;  // nothing finite yet: these entries add nothing
+
+    const float m = st.max;
+    double z = 0.0, s = 0.0;
+#pragma omp simd reduction(+ : z, s)
+    for (int64_t i = 0; i < len; ++i) {
+      const float d = clamp_to_exp_floor(x[i] - m);  // a masked token: d = kExpFloor, e = 0
+      const float e = exp_nonpos(d);
+      z += e;
+      s += e * d;  // so never 0 * -inf
+    }
+    st.z += z;
+    st.s += s;
+  }
+  return st;
+}
+
+// Entropy in nats with the non-finite-row policy of reference.py: NaN for a row with a NaN
+// or +inf, 0 for an all -inf row, and never -0.0 or a rounding negative (EDT divides by H,
+// and theta / -0.0 = -inf would give T = inf instead of t0 * min_scale).
+REAL_VLLM_INLINE float entropy_nats(const SoftmaxStats& st) {
+  if (!st.finite) return kNaN;
+  if (st.z == 0.0) return 0.0f;
+  const float h = static_cast<float>(std::log(st.z) - st.s / st.z);
+  return h > 0.0f ? h : 0.0f;
+}
+
+// Max, smallest finite entry, and whether the row is free of NaN / +inf: one read, no exps.
+struct RowRange {
+  float max = -kInf;
+  float min_finite = kInf;  // +inf when every entry is -inf
+  bool finite = true;
+};
+
+REAL_VLLM_INLINE RowRange row_range(const float* row, int64_t n) {
+  float mx = -kInf, mn = kInf;
+  int bad = 0;
+#pragma omp simd reduction(max : mx) reduction(min : mn) reduction(| : bad)
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = row[i];
+    mx = v > mx ? v : mx;
+    mn = (v > -kInf && v < mn) ? v : mn;
+    bad |= !(v < kInf);
+  }
+  RowRange rr;
+  rr.max = mx;
+  rr.min_finite = mn;
+  rr.finite = !bad;
+  return rr;
+}
+
+}  // namespace real_vllm

@@ -1,0 +1,136 @@
+// top_p_mask_(logits, top_p): set every logit outside its row's nucleus to -inf, in place.
+//
+// The nucleus (vLLM's rule; REAL, arXiv 2406.07735, samples from it with a per-step p,
+// ALGORITHMS.md §2.2) keeps the smallest set of most probable tokens whose mass reaches p.
+// With Z the softmax normaliser and target = p Z, the threshold tau is the largest logit v
+// with mass{l >= v} >= target; every l >= tau is kept (ties at tau too, so the answer does
+// not depend on a sort order), which always includes the top-1.
+//
+// Sort-free: instead of sorting the vocabulary, per row
+//   1. one read for the max m and the smallest finite logit;
+//   2. one read computing exp(l - m) into a histogram of mass and counts over linear buckets
+//      of d = m - l (plus an overflow bucket), and Z as its total;
+//   3. a walk down the histogram from the max finds the bucket where the cumulative mass
+//      crosses the target; one read gathers that bucket's logits (about a hundred on a
+//      151k-token row), and only those are sorted to place tau exactly;
+//   4. one read+write masks l < tau.
+// The buckets only decide how much gets sorted: tau is exact whatever the bucket widths.
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <array>
+#include <functional>
+#include <vector>
+
+#include "checks.h"
+#include "row_stats.h"
+
+namespace real_vllm {
+namespace {
+
+constexpr int32_t kBuckets = 2048;  // + 1 overflow bucket: 16 KiB of double masses, in L1
+// Buckets cover d in [0, span), span = the row's finite range capped at kMaxSpan: beyond
+// d = 32 a token weighs < e^-32 of the top-1, so for p < 1 the crossing (almost) never lies
+// there, and a narrow row still gets the full bucket resolution.
+constexpr float kMaxSpan = 32.0f;
+constexpr float kMinSpan = 1e-6f;   // keeps kBuckets / span finite on near-constant rows
+constexpr int64_t kChunk = 1024;    // exps and bucket indices staged per chunk on the stack
+constexpr int64_t kBlock = 32;      // the gather tests a block at once: hits are rare
+
+struct Scratch {
+  std::array<double, kBuckets + 1> mass;
+  std::vector<float> crossing;  // the crossing bucket's logits; grows to the largest seen
+};
+
+REAL_VLLM_ROW_KERNEL void top_p_row(float* row, int64_t n, float p, Scratch& sc) {
+  if (p >= 1.0f) return;  // the nucleus is the whole row
+  const RowRange rr = row_range(row, n);
+  // Softmax undefined (NaN / +inf), nothing to sample (all -inf), or all finite logits
+  // equal (every one is tied with the top-1): the row stays as it is.
+  if (!rr.finite || rr.max == -kInf || rr.max == rr.min_finite) return;
+
+  const float m = rr.max;
+  const float span = std::clamp(m - rr.min_finite, kMinSpan, kMaxSpan);
+  const float per_unit = static_cast<float>(kBuckets) / span;
+  // The same float operations in passes 2 and 3, so an entry lands in the same bucket both
+  // times. d = +inf (a -inf logit) goes to the overflow bucket.
+  const auto bucket_of = [m, per_unit](float l) -> int32_t {
+    const float b = (m - l) * per_unit;
+    return b < static_cast<float>(kBuckets) ? static_cast<int32_t>(b) : kBuckets;
+  };
+
+  // Pass 2: histogram. Masses accumulate in double: the result may differ from the exact
+  // nucleus only for tokens whose cumulative mass is within rounding of p.
+  sc.mass.fill(0.0);
+  for (int64_t c0 = 0; c0 < n; c0 += kChunk) {
+    const float* x = row + c0;
+    const int64_t len = std::min(kChunk, n - c0);
+    float e[kChunk];
+    int32_t b[kChunk];
+#pragma omp simd
+    for (int64_t i = 0; i < len; ++i) {
+      e[i] = exp_nonpos(x[i] - m);
+      b[i] = bucket_of(x[i]);
+    }
+    for (int64_t i = 0; i < len; ++i) sc.mass[b[i]] += e[i];
+  }
+
+  // Z sums the buckets in the order the walk below does, so cum can reach p Z (< Z) at the
+  // latest in the last non-empty bucket. p <= 0 (or NaN) targets 0: the top-1 and its ties.
+  double z = 0.0;
+  for (const double w : sc.mass) z += w;
+  const double target = (p > 0.0f ? double(p) : 0.0) * z;
+  double cum = 0.0;  // mass of the buckets above the crossing one
+  int32_t cross = 0;
+  while (cross < kBuckets && cum + sc.mass[cross] < target) cum += sc.mass[cross++];
+
+  // Pass 3: gather the crossing bucket and place tau inside it, most probable first.
+  std::vector<float>& v = sc.crossing;
+  v.clear();
+  for (int64_t c0 = 0; c0 < n; c0 += kBlock) {
+    const float* x = row + c0;
+    const int64_t len = std::min(kBlock, n - c0);
+    int hit = 0;
+#pragma omp simd reduction(| : hit)
+    for (int64_t i = 0; i < len; ++i) hit |= bucket_of(x[i]) == cross;
+    if (!hit) continue;
+    for (int64_t i = 0; i < len; ++i) {
+      if (bucket_of(x[i]) == cross) v.push_back(x[i]);
+    }
+  }
+  std::sort(v.begin(), v.end(), std::greater<float>());
+  // If rounding keeps the walk short of the target, the whole bucket is kept.
+  float tau = v.empty() ? -kInf : v.back();
+  for (const float l : v) {
+    cum += exp_nonpos(l - m);
+    if (cum >= target) {
+      tau = l;
+      break;
+    }
+  }
+  if (tau <= rr.min_finite) return;  // every finite logit is in the nucleus
+
+  // Pass 4: mask.
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) row[i] = row[i] >= tau ? row[i] : -kInf;
+}
+
+void top_p_mask_(at::Tensor& logits, const at::Tensor& top_p) {
+  constexpr const char* kOp = "real_vllm::top_p_mask_";
+  check_logits(logits, kOp);
+  check_row_param(top_p, "top_p", logits, kOp);
+  const int64_t batch = logits.size(0), vocab = logits.size(1);
+  float* x = logits.mutable_data_ptr<float>();
+  const float* p = top_p.const_data_ptr<float>();
+  at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+    Scratch sc;
+    for (int64_t r = begin; r < end; ++r) top_p_row(x + r * vocab, vocab, p[r], sc);
+  });
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(real_vllm, CPU, m) { m.impl("top_p_mask_", &top_p_mask_); }
+
+}  // namespace real_vllm

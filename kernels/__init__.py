@@ -1,0 +1,1 @@
+"""Triton kernels: one small file per transform, pure functions over tensors."""

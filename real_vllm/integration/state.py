@@ -1,0 +1,72 @@
+"""Per-request sampler parameters in slot-indexed tensors (the Model Runner V2 layout).
+
+A slot is a row of the V1 persistent batch or a request slot of Model Runner V2. Slots
+whose request does not run a method hold that method's identity parameters, so a kernel
+can run over the whole batch without gathering rows (EDT with t0 = 1, theta = 0 divides
+by exactly 1).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from real_vllm.methods import SamplerRequest
+
+# method -> {column: identity value}; the column names are the request parameters.
+COLUMNS: dict[str, dict[str, float]] = {
+    "edt": {"edt_t0": 1.0, "edt_n": 0.8, "edt_theta": 0.0},
+}
+
+
+class SlotTable:
+    def __init__(self, num_slots: int, device: torch.device, pin_memory: bool = False):
+        self.device = torch.device(device)
+        self.runs = {m: np.zeros(num_slots, dtype=bool) for m in COLUMNS}
+        self._host = {
+            col: torch.full((num_slots,), ident, dtype=torch.float32, pin_memory=pin_memory)
+            for cols in COLUMNS.values()
+            for col, ident in cols.items()
+        }
+        on_cpu = self.device.type == "cpu"
+        self._device = {c: t if on_cpu else t.to(self.device) for c, t in self._host.items()}
+        self._dirty = False
+
+    def set(self, slot: int, request: SamplerRequest) -> bool:
+        """Store a request's parameters in ``slot``; returns whether any method runs."""
+        for method, cols in COLUMNS.items():
+            config = getattr(request, method)
+            self.runs[method][slot] = config is not None
+            for col, ident in cols.items():
+                field = type(config).PARAMS[col] if config is not None else None
+                self._host[col][slot] = getattr(config, field) if field else ident
+        self._dirty = True
+        return any(r[slot] for r in self.runs.values())
+
+    def clear(self, slot: int) -> None:
+        self.set(slot, SamplerRequest())
+
+    def move(self, src: int, dst: int) -> None:
+        """V1 one-way move: dst takes src's request, src becomes empty."""
+        for runs in self.runs.values():
+            runs[dst] = runs[src]
+        for t in self._host.values():
+            t[dst] = t[src]
+        self.clear(src)
+
+    def swap(self, a: int, b: int) -> None:
+        for runs in self.runs.values():
+            runs[[a, b]] = runs[[b, a]]
+        for t in self._host.values():
+            t[[a, b]] = t[[b, a]]
+        self._dirty = True
+
+    def flush(self) -> None:
+        """Copy host-side changes to the device (a no-op on CPU, where they are shared)."""
+        if self._dirty and self.device.type != "cpu":
+            for col, host in self._host.items():
+                self._device[col].copy_(host, non_blocking=True)
+        self._dirty = False
+
+    def column(self, name: str) -> torch.Tensor:
+        return self._device[name]

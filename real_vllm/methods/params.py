@@ -1,0 +1,40 @@
+"""Checks for per-request parameters: every error names the parameter the user sent."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+def require_number(
+    name: str,
+    value: Any,
+    *,
+    gt: float | None = None,
+    ge: float | None = None,
+    lt: float | None = None,
+    le: float | None = None,
+) -> float:
+    """``value`` as a finite float within the bounds, or a ValueError naming ``name``."""
+    # bool is an int subclass; "true" for a temperature is a client bug, not 1.0.
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number, got {type(value).__name__} {_show(value)}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value}")
+    bounds = [
+        (gt, lambda b: value > b, "> {}"),
+        (ge, lambda b: value >= b, ">= {}"),
+        (lt, lambda b: value < b, "< {}"),
+        (le, lambda b: value <= b, "<= {}"),
+    ]
+    for bound, ok, text in bounds:
+        if bound is not None and not ok(bound):
+            wanted = " and ".join(t.format(b) for b, _, t in bounds if b is not None)
+            raise ValueError(f"{name} must be {wanted}, got {value:g}")
+    return value
+
+
+def _show(value: Any, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,108 @@
+"""The logits processor without an engine: V1 batch updates and V2 slots, row by row
+against the reference op, mixed with plain rows, requests joining and leaving."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from vllm import SamplingParams
+from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
+
+from real_vllm import reference
+from real_vllm.integration.processor import RealVllmLogitsProcessor
+from real_vllm.methods.edt import MIN_SCALE
+
+V = 1037
+
+
+def config(**additional):
+    return SimpleNamespace(additional_config=additional, scheduler_config=SimpleNamespace(max_num_seqs=16))
+
+
+def expected_row(row: torch.Tensor, params: SamplingParams, default: str = "none") -> torch.Tensor:
+    args = params.extra_args or {}
+    if args.get("sampler", default) != "edt":
+        return row
+    _, t = reference.apply_edt(row[None], args.get("edt_t0", 1.0), args.get("edt_n", 0.8), args.get("edt_theta", 1.0), MIN_SCALE)
+    return row / t
+
+
+def edt(**kw):
+    return SamplingParams(extra_args={"sampler": "edt", **kw})
+
+
+PLAIN = SamplingParams()
+
+
+def test_v1_mixed_batch_changes_only_edt_rows_and_follows_moves():
+    proc = RealVllmLogitsProcessor(config(), torch.device("cpu"), False)
+    batch = [edt(edt_t0=0.7, edt_theta=2.0), PLAIN, edt(edt_t0=1.4, edt_n=0.5), PLAIN]
+    proc.update_state(BatchUpdate(4, removed=[], added=[(i, p, [], []) for i, p in enumerate(batch)], moved=[]))
+
+    def check(rows):
+        x = torch.randn(len(rows), V) * 3
+        out = proc.apply(x.clone())
+        for i, p in enumerate(rows):
+            want = expected_row(x[i], p)
+            torch.testing.assert_close(out[i], want, rtol=2e-4, atol=1e-6)
+            if p is PLAIN:
+                assert torch.equal(out[i], x[i]), "a plain row was touched"
+
+    check(batch)
+    proc.update_state(None)  # no change: same state
+    check(batch)
+    # Request 1 leaves, the last moves into its place, a new EDT request joins at 3, then a swap.
+    proc.update_state(BatchUpdate(3, removed=[1], added=[], moved=[(3, 1, MoveDirectionality.UNIDIRECTIONAL)]))
+    batch = [batch[0], batch[3], batch[2]]
+    check(batch)
+    newcomer = edt(edt_t0=0.3, edt_theta=0.0)
+    proc.update_state(BatchUpdate(4, removed=[], added=[(3, newcomer, [], [])], moved=[(0, 2, MoveDirectionality.SWAP)]))
+    batch = [batch[2], batch[1], batch[0], newcomer]
+    check(batch)
+
+
+def test_v1_all_plain_batch_is_untouched_and_server_default_applies():
+    proc = RealVllmLogitsProcessor(config(), torch.device("cpu"), False)
+    proc.update_state(BatchUpdate(2, removed=[], added=[(0, PLAIN, [], []), (1, PLAIN, [], [])], moved=[]))
+    x = torch.randn(2, V)
+    original = x.clone()
+    assert proc.apply(x) is x and torch.equal(x, original)
+
+    served = RealVllmLogitsProcessor(config(sampler="edt", edt_t0=0.9), torch.device("cpu"), False)
+    opt_out = SamplingParams(extra_args={"sampler": "none"})
+    served.update_state(BatchUpdate(2, removed=[], added=[(0, PLAIN, [], []), (1, opt_out, [], [])], moved=[]))
+    x = torch.randn(2, V)
+    out = served.apply(x.clone())
+    _, t = reference.apply_edt(x[:1], 0.9, 0.8, 1.0, MIN_SCALE)
+    torch.testing.assert_close(out[0], x[0] / t, rtol=2e-4, atol=1e-6)
+    assert torch.equal(out[1], x[1])
+
+
+def test_bad_server_default_fails_at_startup():
+    with pytest.raises(ValueError, match="edt_n"):
+        RealVllmLogitsProcessor(config(sampler="edt", edt_n=2.0), torch.device("cpu"), False)
+    with pytest.raises(ValueError, match="sampler"):
+        RealVllmLogitsProcessor(config(sampler="nope"), torch.device("cpu"), False)
+
+
+def test_v2_slots_and_row_mapping():
+    req_states = SimpleNamespace(device=torch.device("cpu"), max_num_reqs=8)
+    proc = RealVllmLogitsProcessor(config(), req_states)
+    by_slot = {5: edt(edt_t0=0.6, edt_theta=1.5), 2: PLAIN, 7: edt(edt_n=0.3)}
+    for slot, p in by_slot.items():
+        assert proc.add_request(slot, p) == (p is not PLAIN)
+    proc.apply_staged_writes()
+    order = [7, 2, 5]
+    mapping = torch.tensor(order)
+    ctx = SimpleNamespace(expanded_idx_mapping=mapping, idx_mapping=mapping, idx_mapping_np=np.array(order))
+    x = torch.randn(3, V) * 2
+    out = proc.apply(x.clone(), ctx)
+    for i, slot in enumerate(order):
+        torch.testing.assert_close(out[i], expected_row(x[i], by_slot[slot]), rtol=2e-4, atol=1e-6)
+    # A recycled slot takes its new occupant's parameters.
+    proc.add_request(5, PLAIN)
+    proc.apply_staged_writes()
+    ctx2 = SimpleNamespace(expanded_idx_mapping=torch.tensor([5]), idx_mapping=torch.tensor([5]), idx_mapping_np=np.array([5]))
+    y = torch.randn(1, V)
+    assert torch.equal(proc.apply(y.clone(), ctx2), y)
