@@ -19,8 +19,8 @@ namespace {
 // Same cases, same order, as reference.edt_temperature. The power is taken in double: T is
 // very sensitive to H when theta / H is large, so only H should carry float rounding.
 float edt_temperature_of(float h, float t0, float n, float theta, double min_scale) {
+  if (theta == 0.0f) return t0;    // exactly t0, also where theta / H = 0 / 0 (and H unread)
   if (std::isnan(h)) return kNaN;  // keep a broken row visible downstream
-  if (theta == 0.0f) return t0;    // exactly t0, also where theta / H = 0 / 0
   // H = +0 (one finite logit) gives theta / H = +inf and n ** inf = 0: T = t0 * min_scale.
   const double scale = std::pow(double(n), double(theta) / double(h));
   return static_cast<float>(double(t0) * (scale < min_scale ? min_scale : scale));
@@ -33,7 +33,10 @@ struct EdtParams {
   const float* theta;
   double min_scale;
 
-  float temperature(int64_t r, float h) const {
+  // theta = 0 needs no entropy: rows of requests that do not run EDT carry t0 = 1,
+  // theta = 0 and so cost neither pass (see apply_edt_).
+  float temperature(int64_t r, const float* row, int64_t vocab) const {
+    const float h = theta[r] == 0.0f ? 0.0f : entropy_row(row, vocab);
     return edt_temperature_of(h, t0[r], n[r], theta[r], min_scale);
   }
 };
@@ -58,7 +61,7 @@ at::Tensor edt_temperature(const at::Tensor& logits, const at::Tensor& t0, const
   float* t = out.mutable_data_ptr<float>();
   at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
-      t[r] = params.temperature(r, entropy_row(x + r * vocab, vocab));
+      t[r] = params.temperature(r, x + r * vocab, vocab);
     }
   });
   return out;
@@ -74,8 +77,8 @@ at::Tensor apply_edt_(at::Tensor& logits, const at::Tensor& t0, const at::Tensor
   at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       float* row = x + r * vocab;
-      t[r] = params.temperature(r, entropy_row(row, vocab));
-      temperature_row(row, vocab, t[r]);
+      t[r] = params.temperature(r, row, vocab);
+      if (t[r] != 1.0f) temperature_row(row, vocab, t[r]);  // x / 1 == x: skip the pass
     }
   });
   return out;

@@ -8,8 +8,8 @@
 //
 // Sort-free: instead of sorting the vocabulary, per row
 //   1. one read for the max m and the smallest finite logit;
-//   2. one read computing exp(l - m) into a histogram of mass and counts over linear buckets
-//      of d = m - l (plus an overflow bucket), and Z as its total;
+//   2. one read computing exp(l - m) into a histogram of mass over linear buckets of
+//      d = m - l (plus an overflow bucket), and Z as its total;
 //   3. a walk down the histogram from the max finds the bucket where the cumulative mass
 //      crosses the target; one read gathers that bucket's logits (about a hundred on a
 //      151k-token row), and only those are sorted to place tau exactly;
@@ -30,9 +30,10 @@ namespace real_vllm {
 namespace {
 
 constexpr int32_t kBuckets = 2048;  // + 1 overflow bucket: 16 KiB of double masses, in L1
-// Buckets cover d in [0, span), span = the row's finite range capped at kMaxSpan: beyond
-// d = 32 a token weighs < e^-32 of the top-1, so for p < 1 the crossing (almost) never lies
-// there, and a narrow row still gets the full bucket resolution.
+// Buckets cover d in [0, span), span = the row's finite range capped at kMaxSpan, so a
+// narrow row still gets the full resolution. Tokens with d >= 32 together weigh below
+// V e^-32 of Z (2e-9 at V = 152k), less than the gap between 1 and the largest float32 p < 1,
+// so the crossing practically never lands in the overflow bucket (it would still be exact).
 constexpr float kMaxSpan = 32.0f;
 constexpr float kMinSpan = 1e-6f;   // keeps kBuckets / span finite on near-constant rows
 constexpr int64_t kChunk = 1024;    // exps and bucket indices staged per chunk on the stack

@@ -19,17 +19,23 @@ def _temperature(h, t0, n, theta, min_scale):
     # n ** r as exp2(r * log2 n); n == 1 is pow's 1 ** anything = 1 (r may be inf where H = 0).
     scale = tl.where(n == 1.0, 1.0, tl.exp2((theta / h) * tl.log2(n)))
     scale = tl.where(scale < min_scale, min_scale, scale)  # a clamp that keeps NaN
-    scale = tl.where(theta == 0.0, 1.0, scale)  # exactly t0, even where theta / H = 0 / 0
     scale = tl.where(h != h, float("nan"), scale)
+    scale = tl.where(theta == 0.0, 1.0, scale)  # exactly t0, even where theta / H = 0 / 0
     return t0 * scale
 
 
 @triton.jit
 def _row_temperature(x_ptr, t0_ptr, n_ptr, theta_ptr, row, V, min_scale, BLOCK: tl.constexpr,
                      EVICT: tl.constexpr):
-    _, z, s, _, bad = row_stats(x_ptr + row * V, V, BLOCK, EVICT)
-    h = row_entropy(z, s, bad)
-    return _temperature(h, tl.load(t0_ptr + row), tl.load(n_ptr + row), tl.load(theta_ptr + row), min_scale)
+    t0 = tl.load(t0_ptr + row)
+    theta = tl.load(theta_ptr + row)
+    # theta = 0 needs no entropy: rows of requests that do not run EDT carry t0 = 1,
+    # theta = 0 and so cost neither pass.
+    t = t0
+    if theta != 0.0:
+        _, z, s, _, bad = row_stats(x_ptr + row * V, V, BLOCK, EVICT)
+        t = _temperature(row_entropy(z, s, bad), t0, tl.load(n_ptr + row), theta, min_scale)
+    return t
 
 
 @triton.jit
@@ -45,14 +51,15 @@ def _apply_edt_kernel(x_ptr, t0_ptr, n_ptr, theta_ptr, t_ptr, V, min_scale, BLOC
     # Keep the row in L2 for the scaling pass that follows.
     t = _row_temperature(x_ptr, t0_ptr, n_ptr, theta_ptr, row, V, min_scale, BLOCK, "evict_last")
     tl.store(t_ptr + row, t)
-    row_ptr = x_ptr + row * V
-    offs = tl.arange(0, BLOCK)
-    for start in range(0, V, BLOCK):
-        idx = start + offs
-        mask = idx < V
-        x = tl.load(row_ptr + idx, mask=mask, other=0.0, eviction_policy="evict_first")
-        # div_rn: `/` may lower to an approximate division on GPUs.
-        tl.store(row_ptr + idx, tl.math.div_rn(x, t), mask=mask)
+    if t != 1.0:  # x / 1 == x: skip the pass
+        row_ptr = x_ptr + row * V
+        offs = tl.arange(0, BLOCK)
+        for start in range(0, V, BLOCK):
+            idx = start + offs
+            mask = idx < V
+            x = tl.load(row_ptr + idx, mask=mask, other=0.0, eviction_policy="evict_first")
+            # div_rn: `/` may lower to an approximate division on GPUs.
+            tl.store(row_ptr + idx, tl.math.div_rn(x, t), mask=mask)
 
 
 def edt_temperature(x, t0, n, theta, min_scale: float) -> torch.Tensor:

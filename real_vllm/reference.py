@@ -4,8 +4,8 @@ These are the truth the fast backends are tested against. They favour clarity ov
 full softmax, a real sort for the nucleus. Formulas are ALGORITHMS.md's.
 
 Non-finite rows (the policy every backend follows):
-  * a row with a NaN or +inf entry: entropy and temperature are NaN, so the NaN stays
-    visible downstream; ``top_p_mask`` leaves such a row unchanged;
+  * a row with a NaN or +inf entry: entropy and EDT temperature are NaN (EDT with theta = 0
+    is t0, as plain temperature would be), so the NaN stays visible downstream; ``top_p_mask`` leaves such a row unchanged;
   * a row whose entries are all -inf (nothing left to sample): entropy 0, so EDT gives
     ``t0 * min_scale`` and dividing keeps the row all -inf; ``top_p_mask`` leaves it unchanged.
 """
@@ -42,15 +42,16 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
 def edt_temperature(logits, t0, n=0.8, theta=1.0, min_scale=1e-5) -> torch.Tensor:
     """EDT (arXiv 2403.14541): T = t0 * max(n ** (theta / H), min_scale), per row.
 
-    theta = 0 gives exactly t0 (also where H = 0, where theta / H would be 0 / 0).
+    theta = 0 gives exactly t0 on every row (also where H = 0, where theta / H would be 0 / 0,
+    and on a NaN row, whose NaN the division by t0 keeps visible).
     H = 0 with theta > 0 gives n ** inf = 0, so T = t0 * min_scale.
     """
     batch = logits.shape[0]
     t0, n, theta = (_per_row(v, batch) for v in (t0, n, theta))
     h = entropy(logits)
     scale = torch.pow(n, theta / h).clamp_min(min_scale)
-    scale = torch.where(theta == 0, torch.ones_like(scale), scale)
     scale = torch.where(torch.isnan(h), h, scale)
+    scale = torch.where(theta == 0, torch.ones_like(scale), scale)
     return t0 * scale
 
 

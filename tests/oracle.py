@@ -26,10 +26,10 @@ def entropy64(logits: torch.Tensor) -> torch.Tensor:
 def edt_temperature64(logits, t0, n, theta, min_scale=1e-5) -> torch.Tensor:
     out = []
     for h, a, b, c in zip(entropy64(logits).tolist(), t0.tolist(), n.tolist(), theta.tolist()):
-        if math.isnan(h):
-            out.append(math.nan)
-        elif c == 0:
+        if c == 0:
             out.append(a)
+        elif math.isnan(h):
+            out.append(math.nan)
         elif h == 0:
             out.append(a * min_scale)
         else:

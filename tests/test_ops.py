@@ -164,6 +164,9 @@ def test_non_finite_rows_follow_the_documented_policy(backend):
     out, t = ops.apply_edt(x, 0.7, 0.8, 1.0, backend=backend)
     assert t[:2].isnan().all() and out[:2].isnan().any(dim=1).all()
     assert (out[2] == -math.inf).all() and t[2] == pytest.approx(0.7e-5)
+    # theta = 0 is plain temperature t0 on every row; the NaN stays in the row.
+    out, t = ops.apply_edt(x, 0.7, 0.8, 0.0, backend=backend)
+    assert torch.equal(t, torch.full((4,), 0.7)) and out[0].isnan().any()
     masked = ops.top_p_mask(x, 0.5, backend=backend)
     assert torch.equal(masked[:3].nan_to_num(), x[:3].nan_to_num()), "non-finite rows left alone"
 
