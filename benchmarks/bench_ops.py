@@ -1,0 +1,165 @@
+"""The op table: our kernels against the reference and vLLM's nearest built-in path.
+
+    python -m benchmarks.bench_ops            # full grid, batch {1,8,64,256} x vocab {32000,...,151936}
+    python -m benchmarks.bench_ops --quick    # a smoke run (make bench-quick)
+
+Scenarios (in-place on float32 logits, as the sampler runs them):
+  entropy  ops.entropy                 vs vLLM's Sampler.compute_logprobs (a log_softmax)
+  edt      ops.apply_edt (fused)       vs vLLM's temperature step (Sampler.apply_temperature)
+  top_p    ops.top_p_mask, per-row p   vs vLLM's top-k/top-p (apply_top_k_top_p: a sort on
+                                          CPU, Triton on GPU) and FlashInfer where installed
+Every run gets a fresh copy of the input (untimed). Times are medians; ratios are taken
+against the vLLM path measured in the same run. On a GPU the floor (the bytes that must move
+/ the measured copy bandwidth) and the effective bandwidth are reported too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import torch
+from tqdm import tqdm
+
+import real_vllm.ops as ops
+from benchmarks.common import RESULTS, machine_name, median_ms, write_csv
+from real_vllm import reference
+
+BATCHES = (1, 8, 64, 256)
+VOCABS = (32000, 49152, 128256, 151936)
+# How many times each scenario must read/write the logits at the least: entropy reads them
+# once; the in-place transforms read and write them once.
+PASSES = {"entropy": 1, "edt": 2, "top_p": 2}
+
+
+def vllm_paths():
+    """vLLM's own nearest path for each scenario (None when vLLM is not importable)."""
+    try:
+        from vllm.v1.sample.ops.topk_topp_sampler import apply_top_k_top_p
+        from vllm.v1.sample.sampler import Sampler
+    except ImportError:
+        return {}
+    return {
+        "entropy": ("vllm log_softmax", lambda x, a: Sampler.compute_logprobs(x)),
+        "edt": ("vllm temperature", lambda x, a: Sampler.apply_temperature(x, a["t0"], True)),
+        "top_p": ("vllm top-p", lambda x, a: apply_top_k_top_p(x, None, a["top_p"])),
+    }
+
+
+def flashinfer_paths():
+    try:
+        from flashinfer.sampling import top_p_renorm_probs
+    except ImportError:
+        return {}
+    return {"top_p": ("flashinfer top-p renorm", lambda x, a: top_p_renorm_probs(x.softmax(-1), a["top_p"]))}
+
+
+def our_paths(backend: str):
+    return {
+        "entropy": (f"ours ({backend})", lambda x, a: ops.entropy(x, backend=backend)),
+        "edt": (
+            f"ours ({backend})",
+            lambda x, a: ops.apply_edt(x, a["t0"], 0.8, a["theta"], inplace=True, backend=backend),
+        ),
+        "top_p": (f"ours ({backend})", lambda x, a: ops.top_p_mask(x, a["top_p"], inplace=True, backend=backend)),
+    }
+
+
+REFERENCE = {
+    "entropy": ("reference", lambda x, a: reference.entropy(x)),
+    "edt": ("reference", lambda x, a: reference.apply_edt(x, a["t0"], 0.8, a["theta"])),
+    "top_p": ("reference", lambda x, a: reference.top_p_mask(x, a["top_p"])),
+}
+
+
+def copy_bandwidth(device) -> float:
+    """Bytes/ms of a large device copy (read + write): the floor's yardstick."""
+    src = torch.empty(256 * 2**20 // 4, device=device)
+    dst = torch.empty_like(src)
+    ms = median_ms(lambda: dst.copy_(src), lambda: None, 10)
+    return 2 * src.numel() * 4 / ms
+
+
+def run(batches, vocabs, reps, device) -> list[dict]:
+    backends = [b for b in ops.available_backends(device) if b != "reference"]
+    paths = {s: [] for s in PASSES}
+    for table in [REFERENCE, vllm_paths(), flashinfer_paths(), *(our_paths(b) for b in backends)]:
+        for scenario, path in table.items():
+            paths[scenario].append(path)
+    bandwidth = copy_bandwidth(device) if device.type == "cuda" else None
+    rows = []
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    grid = [(s, b, v) for s in PASSES for b in batches for v in vocabs]
+    for scenario, batch, vocab in tqdm(grid, desc="op table", unit="shape"):
+        logits = (torch.randn(batch, vocab, generator=gen) * 2.0).to(device)
+        args = {
+            "t0": torch.full((batch,), 0.9, device=device),
+            "theta": torch.full((batch,), 1.0, device=device),
+            "top_p": torch.empty(batch).uniform_(0.7, 0.99, generator=gen).to(device),
+        }
+        work = torch.empty_like(logits)
+        results = {}
+        for name, fn in paths[scenario]:
+            results[name] = median_ms(lambda: fn(work, args), lambda: work.copy_(logits), reps)
+        vllm_ms = next((ms for name, ms in results.items() if name.startswith("vllm")), math.nan)
+        moved = PASSES[scenario] * logits.numel() * 4
+        for name, ms in results.items():
+            rows.append({
+                "scenario": scenario,
+                "batch": batch,
+                "vocab": vocab,
+                "impl": name,
+                "device": device.type,
+                "median_ms": round(ms, 4),
+                "ratio_vs_vllm": round(ms / vllm_ms, 4),
+                "floor_ms": round(moved / bandwidth, 4) if bandwidth else "",
+                "effective_GBps": round(moved / ms / 1e6, 2),
+            })
+    return rows
+
+
+def print_table(rows) -> None:
+    print(f"{'scenario':<8} {'batch':>5} {'vocab':>7}  {'impl':<26} {'ms':>10} {'x vLLM':>8}")
+    for r in rows:
+        print(f"{r['scenario']:<8} {r['batch']:>5} {r['vocab']:>7}  {r['impl']:<26} {r['median_ms']:>10.3f} {r['ratio_vs_vllm']:>8.3f}")
+
+
+def plot(rows, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    vocab = max(r["vocab"] for r in rows)
+    fig, axes = plt.subplots(1, len(PASSES), figsize=(5 * len(PASSES), 4), squeeze=False)
+    for ax, scenario in zip(axes[0], PASSES):
+        for impl in dict.fromkeys(r["impl"] for r in rows if r["scenario"] == scenario):
+            pts = [(r["batch"], r["median_ms"]) for r in rows if r["scenario"] == scenario and r["impl"] == impl and r["vocab"] == vocab]
+            ax.plot(*zip(*pts), marker="o", label=impl)
+        ax.set(xscale="log", yscale="log", xlabel="batch", ylabel="median ms", title=f"{scenario}, vocab {vocab}")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"real_vllm ops on {machine_name()}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small grid, few repetitions (smoke run)")
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--out", default=None, help="CSV path (default benchmarks/results/ops_<machine>.csv)")
+    args = parser.parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    batches, vocabs, reps = ((1, 8), (32000,), 2) if args.quick else (BATCHES, VOCABS, args.reps)
+    rows = run(batches, vocabs, reps, device)
+    stem = "ops_quick" if args.quick else "ops"
+    csv_path = args.out or RESULTS / f"{stem}_{machine_name()}.csv"
+    write_csv(csv_path, rows)
+    plot(rows, str(csv_path).replace(".csv", ".png"))
+    print_table(rows)
+    print(f"wrote {csv_path} and its .png")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""The serving table: `vllm bench serve` (vLLM's own load client) against `real-vllm serve`.
+
+    python -m benchmarks.bench_serve            # 64 random prompts, 64 in / 64 out, concurrency 32
+    python -m benchmarks.bench_serve --quick    # a smoke run (make bench-quick)
+
+One server on the default model (start-up costs ~40 s on a 2-core CPU), the same prompts and
+concurrency for every sampler; the sampler is chosen per request with vllm_xargs, so every
+run shares the engine and only the sampling differs. "plain" requests (sampler none) pass
+through the plugin's processor untouched: it returns at once when no row uses a method.
+Ratios are against plain sampling with top-p 0.95 (vLLM's own top-p) and without top-p.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from tqdm import tqdm
+
+from benchmarks.common import RESULTS, machine_name, write_csv
+
+# name -> (extra `vllm bench serve` options, vllm_xargs)
+CONFIGS = {
+    "plain": ([], {"sampler": "none"}),
+    "plain top-p 0.95": (["--top-p", "0.95"], {"sampler": "none"}),
+    "edt": ([], {"sampler": "edt"}),
+}
+METRICS = [
+    ("output_tok_s", "output_throughput"),
+    ("request_s", "request_throughput"),
+    ("ttft_median_ms", "median_ttft_ms"),
+    ("ttft_p99_ms", "p99_ttft_ms"),
+    ("itl_median_ms", "median_itl_ms"),
+    ("itl_p99_ms", "p99_itl_ms"),
+]
+
+
+def bench(server, model_dir: str, served: str, options: list[str], xargs: dict, load: dict, out: Path) -> dict:
+    cmd = [
+        sys.executable, "-m", "real_vllm.cli", "vllm", "bench", "serve",
+        "--backend", "openai", "--base-url", server.base_url.removesuffix("/v1"),
+        "--model", served, "--tokenizer", model_dir,
+        "--dataset-name", "random", "--random-input-len", str(load["input_len"]),
+        "--random-output-len", str(load["output_len"]), "--num-prompts", str(load["num_prompts"]),
+        "--max-concurrency", str(load["concurrency"]), "--ignore-eos", "--temperature", "1.0",
+        "--seed", "0", "--percentile-metrics", "ttft,tpot,itl", "--metric-percentiles", "50,99",
+        "--extra-body", json.dumps({"vllm_xargs": xargs}), "--disable-tqdm",
+        "--save-result", "--result-dir", str(out.parent), "--result-filename", out.name,
+        *options,
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"vllm bench serve failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    return json.loads(out.read_text())
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--model", help="model folder (default: the embedded default model)")
+    parser.add_argument("--num-prompts", type=int, default=64)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--input-len", type=int, default=64)
+    parser.add_argument("--output-len", type=int, default=64)
+    args = parser.parse_args(argv)
+
+    from real_vllm.assets import default_model_dir
+    from real_vllm.server import LocalServer
+
+    load = dict(num_prompts=args.num_prompts, concurrency=args.concurrency, input_len=args.input_len, output_len=args.output_len)
+    if args.quick:
+        load = dict(num_prompts=8, concurrency=4, input_len=16, output_len=8)
+    model_dir = args.model or str(default_model_dir())
+    rows = []
+    with LocalServer(model_dir, ["--served-model-name", "bench", "--max-num-seqs", str(max(32, load["concurrency"]))], progress=True) as server, tempfile.TemporaryDirectory() as tmp:
+        for name, (options, xargs) in tqdm(CONFIGS.items(), desc="serving table", unit="config"):
+            result = bench(server, model_dir, "bench", options, xargs, load, Path(tmp) / f"{len(rows)}.json")
+            row = {"sampler": name, **{k: round(result[key], 3) for k, key in METRICS}}
+            row["completed"] = result["completed"]
+            row["failed"] = result.get("failed", load["num_prompts"] - result["completed"])
+            rows.append(row)
+    base = {r["sampler"]: r["output_tok_s"] for r in rows}
+    for r in rows:
+        r["x_plain"] = round(r["output_tok_s"] / base["plain"], 3)
+        r["x_plain_top_p"] = round(r["output_tok_s"] / base["plain top-p 0.95"], 3)
+        r.update({f"load_{k}": v for k, v in load.items()}, machine=machine_name())
+    stem = "serve_quick" if args.quick else "serve"
+    csv_path = RESULTS / f"{stem}_{machine_name()}.csv"
+    write_csv(csv_path, rows)
+    plot(rows, csv_path.with_suffix(".png"))
+    print(f"{'sampler':<18} {'out tok/s':>10} {'x plain':>8} {'x top-p':>8} {'TTFT p50':>9} {'ITL p50':>8} {'failed':>6}")
+    for r in rows:
+        print(f"{r['sampler']:<18} {r['output_tok_s']:>10.1f} {r['x_plain']:>8.3f} {r['x_plain_top_p']:>8.3f} "
+              f"{r['ttft_median_ms']:>9.1f} {r['itl_median_ms']:>8.1f} {r['failed']:>6}")
+    print(f"wrote {csv_path} and its .png")
+
+
+def plot(rows, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    names = [r["sampler"] for r in rows]
+    ax.barh(names, [r["output_tok_s"] for r in rows], color="tab:blue")
+    for i, r in enumerate(rows):
+        ax.text(r["output_tok_s"], i, f" {r['x_plain_top_p']:.2f}x top-p", va="center", fontsize=8)
+    ax.set(xlabel="output tokens/s", title=f"vllm bench serve, {machine_name()}")
+    ax.invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()
