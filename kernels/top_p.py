@@ -64,62 +64,64 @@ def _top_p_kernel(x_ptr, p_ptr, V, STATS_BLOCK: tl.constexpr, BLOCK: tl.constexp
     row = tl.program_id(0).to(tl.int64)
     row_ptr = x_ptr + row * V
     p = tl.load(p_ptr + row)
-    m, z, _, row_min, bad = row_stats(row_ptr, V, STATS_BLOCK, "evict_last")
-    active = ~(p >= 1.0) & (z > 0) & ~bad
-    target = p * z
-    # Entries below m + ln((1 - p) Z / 2V) hold less than (1 - p) Z / 2 in all, so tau is
-    # above that bound with a margin far beyond rounding (for p < 0.9999): for real logits
-    # it leaves only a small share of the row inside the first interval.
-    bound = m + tl.log(0.5 * (1.0 - p) * z / V)
-    lo = tl.where(p < 0.9999, tl.maximum(row_min, bound), row_min)
-    # p <= 0 (or NaN) keeps the top-1 token and its ties: tau = m, no search.
-    lo = tl.where(p > 0, lo, m)
-    cmax = m
-    hi = tl.full([], float("inf"), tl.float32)
-    f_hi = tl.zeros([], tl.float32)  # F(hi), kept apart so each pass sums only the interval
-    k = tl.arange(0, K)
-    offs = tl.arange(0, BLOCK)
-    passes = 0
-    while active & (lo < cmax) & (passes < MAX_PASSES):
-        by_key = passes >= VALUE_PASSES
-        q = _pivots(k, lo, cmax, by_key, K)
-        mass = tl.zeros([K], tl.float32)  # mass of the interval's entries >= q_k
-        least = tl.full([K], float("inf"), tl.float32)  # least entry >= q_k
-        below = tl.full([K], float("-inf"), tl.float32)  # largest entry < q_k
-        for start in range(0, V, BLOCK):
-            idx = start + offs
-            x = tl.load(row_ptr + idx, mask=idx < V, other=float("-inf"), eviction_policy="evict_last")
-            inside = (x >= lo) & (x < hi)
-            # Once the interval is narrow most blocks hold none of it: skip the [BLOCK, K] work.
-            if tl.max(inside.to(tl.int32), 0) > 0:
-                e = tl.where(inside, tl.exp(x - m), 0.0)
-                # Entries outside count as +inf: >= every pivot, with no mass.
-                xin = tl.where(inside, x, float("inf"))[:, None]
-                ge = xin >= q[None, :]
-                mass += tl.sum(tl.where(ge, e[:, None], 0.0), 0)
-                least = tl.minimum(least, tl.min(tl.where(ge, xin, float("inf")), 0))
-                below = tl.maximum(below, tl.max(tl.where(ge, float("-inf"), xin), 0))
-        f = f_hi + mass
-        # The last pivot with F >= target. Pivots at or below the interval's least entry
-        # count as such whatever this pass's rounding says: they see the same entries as lo,
-        # where the invariant holds. The chosen sub-interval [q_k, q_k+1) is never empty: it
-        # holds that least entry, or mass F(q_k) - F(q_k+1) > 0, or (k = K - 1) cmax.
-        least_entry = tl.min(least, 0)
-        kstar = tl.max(tl.where((f >= target) | (q <= least_entry), k, 0), 0)
-        last = kstar == K - 1
-        lo = tl.min(tl.where(k == kstar, least, float("inf")), 0)
-        cmax = tl.where(last, cmax, tl.max(tl.where(k == kstar + 1, below, float("-inf")), 0))
-        hi = tl.where(last, hi, tl.min(tl.where(k == kstar + 1, q, float("inf")), 0))
-        f_hi += tl.sum(tl.where(k == kstar + 1, mass, 0.0), 0)
-        passes += 1
-    # tau = lo = cmax. (Were MAX_PASSES ever reached, keeping [lo, hi) keeps a superset.)
-    tau = lo
-    if active:
-        for start in range(0, V, BLOCK):
-            idx = start + offs
-            x = tl.load(row_ptr + idx, mask=idx < V, other=float("inf"), eviction_policy="evict_first")
-            drop = x < tau
-            tl.store(row_ptr + idx, tl.full([BLOCK], float("-inf"), tl.float32), mask=drop)
+    # p >= 1 keeps the whole row: rows of requests without a nucleus cost no pass at all.
+    if (p < 1.0) | (p != p):
+        m, z, _, row_min, bad = row_stats(row_ptr, V, STATS_BLOCK, "evict_last")
+        active = (z > 0) & ~bad
+        target = p * z
+        # Entries below m + ln((1 - p) Z / 2V) hold less than (1 - p) Z / 2 in all, so tau is
+        # above that bound with a margin far beyond rounding (for p < 0.9999): for real logits
+        # it leaves only a small share of the row inside the first interval.
+        bound = m + tl.log(0.5 * (1.0 - p) * z / V)
+        lo = tl.where(p < 0.9999, tl.maximum(row_min, bound), row_min)
+        # p <= 0 (or NaN) keeps the top-1 token and its ties: tau = m, no search.
+        lo = tl.where(p > 0, lo, m)
+        cmax = m
+        hi = tl.full([], float("inf"), tl.float32)
+        f_hi = tl.zeros([], tl.float32)  # F(hi), kept apart so each pass sums only the interval
+        k = tl.arange(0, K)
+        offs = tl.arange(0, BLOCK)
+        passes = 0
+        while active & (lo < cmax) & (passes < MAX_PASSES):
+            by_key = passes >= VALUE_PASSES
+            q = _pivots(k, lo, cmax, by_key, K)
+            mass = tl.zeros([K], tl.float32)  # mass of the interval's entries >= q_k
+            least = tl.full([K], float("inf"), tl.float32)  # least entry >= q_k
+            below = tl.full([K], float("-inf"), tl.float32)  # largest entry < q_k
+            for start in range(0, V, BLOCK):
+                idx = start + offs
+                x = tl.load(row_ptr + idx, mask=idx < V, other=float("-inf"), eviction_policy="evict_last")
+                inside = (x >= lo) & (x < hi)
+                # Once the interval is narrow most blocks hold none of it: skip the [BLOCK, K] work.
+                if tl.max(inside.to(tl.int32), 0) > 0:
+                    e = tl.where(inside, tl.exp(x - m), 0.0)
+                    # Entries outside count as +inf: >= every pivot, with no mass.
+                    xin = tl.where(inside, x, float("inf"))[:, None]
+                    ge = xin >= q[None, :]
+                    mass += tl.sum(tl.where(ge, e[:, None], 0.0), 0)
+                    least = tl.minimum(least, tl.min(tl.where(ge, xin, float("inf")), 0))
+                    below = tl.maximum(below, tl.max(tl.where(ge, float("-inf"), xin), 0))
+            f = f_hi + mass
+            # The last pivot with F >= target. Pivots at or below the interval's least entry
+            # count as such whatever this pass's rounding says: they see the same entries as lo,
+            # where the invariant holds. The chosen sub-interval [q_k, q_k+1) is never empty: it
+            # holds that least entry, or mass F(q_k) - F(q_k+1) > 0, or (k = K - 1) cmax.
+            least_entry = tl.min(least, 0)
+            kstar = tl.max(tl.where((f >= target) | (q <= least_entry), k, 0), 0)
+            last = kstar == K - 1
+            lo = tl.min(tl.where(k == kstar, least, float("inf")), 0)
+            cmax = tl.where(last, cmax, tl.max(tl.where(k == kstar + 1, below, float("-inf")), 0))
+            hi = tl.where(last, hi, tl.min(tl.where(k == kstar + 1, q, float("inf")), 0))
+            f_hi += tl.sum(tl.where(k == kstar + 1, mass, 0.0), 0)
+            passes += 1
+        # tau = lo = cmax. (Were MAX_PASSES ever reached, keeping [lo, hi) keeps a superset.)
+        tau = lo
+        if active:
+            for start in range(0, V, BLOCK):
+                idx = start + offs
+                x = tl.load(row_ptr + idx, mask=idx < V, other=float("inf"), eviction_policy="evict_first")
+                drop = x < tau
+                tl.store(row_ptr + idx, tl.full([BLOCK], float("-inf"), tl.float32), mask=drop)
 
 
 def top_p_mask_(x: torch.Tensor, top_p: torch.Tensor) -> None:

@@ -16,6 +16,7 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
@@ -80,7 +81,7 @@ def default_model_dir(progress: bool = True) -> Path:
         _convert(gguf_path, tmp, progress=progress)
         _write_json(tmp / _STAMP_FILE, _stamp(gguf_path))
         _match_umask(tmp)
-        _install(tmp, target)
+        install_folder(tmp, target, _is_complete)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
@@ -137,10 +138,10 @@ def _match_umask(folder: Path) -> None:
         path.chmod(mode)
 
 
-def _install(tmp: Path, target: Path) -> None:
-    """Move a finished folder into place with one rename, so readers never see half a model."""
+def install_folder(tmp: Path, target: Path, is_complete: Callable[[Path], bool]) -> None:
+    """Move a finished folder into place with one rename, so readers never see half of it."""
     if target.exists():
-        if _is_complete(target):  # another process finished first
+        if is_complete(target):  # another process finished first
             return
         # A stale or foreign folder: move it aside (atomic) before deleting, then take its place.
         stale = target.parent / f".{target.name}.stale-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -149,8 +150,8 @@ def _install(tmp: Path, target: Path) -> None:
     try:
         os.rename(tmp, target)
     except OSError:
-        # Lost a race with another converter; accept its folder only if it is complete.
-        if not _is_complete(target):
+        # Lost a race with another writer; accept its folder only if it is complete.
+        if not is_complete(target):
             raise
 
 

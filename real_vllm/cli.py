@@ -3,6 +3,8 @@
     real-vllm serve [MODEL] [vllm serve options ...] [--sampler edt]
     real-vllm model                 # folder of the embedded default model (converted once)
     real-vllm demo                  # serve the default model, compare plain sampling and EDT
+    real-vllm vs "prompt" -k 5      # Verbalized Sampling: k candidates with probabilities
+    real-vllm thf collect|train|eval ...   # the THF pipeline of REAL sampling
     real-vllm vllm ARGS ...         # vLLM's own CLI (e.g. `real-vllm vllm bench serve ...`)
 """
 
@@ -66,6 +68,14 @@ def main(argv: list[str] | None = None) -> None:
         from real_vllm.demo import main as demo_main
 
         demo_main(rest)
+    elif command == "vs":
+        from real_vllm.verbalized_cli import main as vs_main
+
+        vs_main(rest)
+    elif command == "thf":
+        from real_vllm.thf.cli import main as thf_main
+
+        thf_main(rest)
     elif command in ("-h", "--help", "help"):
         print(USAGE)
     else:

@@ -22,6 +22,8 @@ import sys
 import uuid
 from pathlib import Path
 
+from real_vllm.assets import install_folder
+
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 HEAD_DIM = 32  # smallest head size vLLM's CPU attention backend accepts
 CHAT_TEMPLATE = (
@@ -96,19 +98,9 @@ def _read_params(folder: Path) -> dict | None:
 
 
 def _install(tmp: Path, out_dir: Path, params: dict) -> None:
-    if out_dir.exists():
-        if _read_params(out_dir) == params:  # a parallel builder finished first
-            return
-        if _read_params(out_dir) is None and any(out_dir.iterdir()):
-            raise FileExistsError(f"{out_dir} exists and is not a tiny model folder; not overwriting it")
-        stale = out_dir.parent / f".{out_dir.name}.stale-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        os.replace(out_dir, stale)
-        shutil.rmtree(stale, ignore_errors=True)
-    try:
-        os.rename(tmp, out_dir)
-    except OSError:
-        if _read_params(out_dir) != params:
-            raise
+    if out_dir.exists() and _read_params(out_dir) is None and any(out_dir.iterdir()):
+        raise FileExistsError(f"{out_dir} exists and is not a tiny model folder; not overwriting it")
+    install_folder(tmp, out_dir, lambda folder: _read_params(folder) == params)
 
 
 def _corpus() -> list[str]:
