@@ -42,11 +42,26 @@ def test_request_overrides_server_default():
         ({"sampler": "edt", "edt_theta": [1.0]}, "edt_theta"),
         ({"edt_theta": -1}, "edt_theta"),  # validated even when the sampler comes from the server
         ({"sampler": "edt", "edt_tzero": 0.7}, "edt_tzero"),
+        ({"sampler": "real", "real_p0": 0.0}, "real_p0"),
+        ({"sampler": "real", "real_p0": 1.5}, "real_p0"),
+        ({"sampler": "real", "real_p0": "0.9"}, "real_p0"),
+        ({"sampler": "real", "real_decay_temperature": 0}, "real_decay_temperature"),
+        ({"sampler": "real", "real_decay_temperature": -2.0}, "real_decay_temperature"),
+        ({"sampler": "edt+real", "real_decay_temperature": float("nan")}, "real_decay_temperature"),
+        ({"sampler": "real", "real_thf": "/tmp/x"}, "real_thf"),  # a server setting, not per request
     ],
 )
 def test_bad_values_name_the_parameter(args, name):
     with pytest.raises(ValueError, match=name):
         parse_sampler_args(args)
+
+
+def test_real_defaults_and_composition():
+    from real_vllm.methods.real import REALConfig
+
+    assert REALConfig() == REALConfig(p0=1.0, decay_temperature=2.0)
+    req = parse_sampler_args({"sampler": "edt+real", "real_p0": 0.9})
+    assert req.methods == ("edt", "real") and req.edt == EDTConfig() and req.real == REALConfig(p0=0.9)
 
 
 def test_every_sampler_name_parses():

@@ -2,8 +2,9 @@
 
 vLLM loads ``vllm.general_plugins`` entry points in the API server before it builds the
 serve argument parser (AsyncEngineArgs.add_cli_args calls load_general_plugins first), in
-the engine core and in the workers. ``--sampler NAME`` is folded into
-``additional_config["sampler"]``, which the logits processor reads as the server default.
+the engine core and in the workers. ``--sampler NAME`` and ``--real-thf PATH``
+are folded into ``additional_config`` ("sampler", "real_thf"), where the logits processor
+reads the server defaults.
 EngineArgs.add_cli_args / from_cli_args are not a public API: the patch is guarded by the
 vLLM version it was verified on, and tested.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 
 logger = logging.getLogger("real_vllm")
 
@@ -56,21 +58,32 @@ def _add_sampler_flag(engine_args_cls) -> None:
             help="Server-wide default sampler; a request can override it with "
             'vllm_xargs {"sampler": ...}; "none" is plain vLLM sampling.',
         )
+        group.add_argument(
+            "--real-thf",
+            default=None,
+            metavar="PATH",
+            help="THF checkpoint for REAL sampling (default: the one shipped for the "
+            "embedded default model, if it applies).",
+        )
         return parser
 
     @functools.wraps(original_from)
     def from_cli_args(cls, args):
         engine_args = original_from(cls, args)
-        sampler = getattr(args, "sampler", None)
-        if sampler is not None:
-            config = dict(engine_args.additional_config or {})
-            if config.get("sampler", sampler) != sampler:
+        config = dict(engine_args.additional_config or {})
+        for flag, key in (("--sampler", "sampler"), ("--real-thf", "real_thf")):
+            value = getattr(args, key, None)
+            if value is None:
+                continue
+            if key == "real_thf":  # the engine's processes may not share the caller's cwd
+                value = os.path.abspath(value)
+            if config.get(key, value) != value:
                 raise ValueError(
-                    f"--sampler {sampler} conflicts with --additional-config "
-                    f"sampler={config['sampler']!r}; give one of them"
+                    f"{flag} {value} conflicts with --additional-config "
+                    f"{key}={config[key]!r}; give one of them"
                 )
-            config["sampler"] = sampler
-            engine_args.additional_config = config
+            config[key] = value
+        engine_args.additional_config = config
         return engine_args
 
     engine_args_cls.add_cli_args = staticmethod(add_cli_args)

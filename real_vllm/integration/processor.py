@@ -4,18 +4,22 @@ VLLM_USE_V2_MODEL_RUNNER=0) and Model Runner V2 (the default on CUDA in vLLM 0.3
 vLLM loads it from the ``vllm.logits_processors`` entry point in every engine. It reads
 each request's sampler from ``SamplingParams.extra_args`` over the server default
 (``additional_config``: ``--sampler`` / ``--additional-config``), keeps per-request
-parameters in slot-indexed tensors, and applies the methods in place on the float32 logits.
+parameters in slot-indexed tensors, and applies the methods in place on the float32 logits:
+EDT's temperature, then REAL's nucleus.
 
 Where it runs: V2 calls it before temperature, min-p and top-k/top-p; in V1 it is
-argmax-invariant (EDT only rescales a row), so it runs after vLLM's temperature and min-p
-and before top-k/top-p, and is skipped when the whole batch is greedy. With vLLM's own
-temperature left at 1.0 (the default), both places see the same logits.
+argmax-invariant (EDT rescales a row, REAL's nucleus keeps the top-1 token), so it runs
+after vLLM's temperature and min-p and before top-k/top-p, and is skipped when the whole
+batch is greedy. With vLLM's own temperature and top-p left at 1.0 (the defaults), both
+places see the same logits.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
 from vllm.v1.sample.logits_processor import LogitsProcessor as V1LogitsProcessor
@@ -24,7 +28,7 @@ from vllm.v1.worker.gpu.sample.logits_processor.interface import (
 )
 
 from real_vllm.integration.state import SlotTable
-from real_vllm.methods import SamplerRequest, edt, parse_sampler_args
+from real_vllm.methods import PARAM_PREFIXES, SAMPLERS, SamplerRequest, edt, parse_sampler_args, real
 
 if TYPE_CHECKING:
     from vllm import SamplingParams
@@ -34,11 +38,16 @@ if TYPE_CHECKING:
         LogitsProcRequestState,
     )
 
+logger = logging.getLogger("real_vllm")
+
+# Server-level settings in additional_config that are not per-request parameters.
+THF_KEY = "real_thf"
+
 
 def server_defaults(vllm_config: VllmConfig) -> dict[str, Any]:
     """The sampler settings in ``additional_config``, validated (a bad one stops start-up)."""
     extra = dict(getattr(vllm_config, "additional_config", None) or {})
-    defaults = {k: v for k, v in extra.items() if k == "sampler" or k.startswith("edt_")}
+    defaults = {k: v for k, v in extra.items() if k == "sampler" or (k.startswith(PARAM_PREFIXES) and k != THF_KEY)}
     try:
         parse_sampler_args(defaults)
     except ValueError as e:
@@ -47,19 +56,35 @@ def server_defaults(vllm_config: VllmConfig) -> dict[str, Any]:
 
 
 class RealVllmLogitsProcessor(V1LogitsProcessor, V2LogitsProcessor):
-    """EDT (and the later methods) as a vLLM logits processor."""
+    """EDT and REAL as a vLLM logits processor."""
 
     def __init__(self, vllm_config: VllmConfig, *runner_args):
         self.defaults = server_defaults(vllm_config)
+        self.req_states: LogitsProcRequestState | None = None
         if len(runner_args) == 1:  # Model Runner V2: (req_states,)
-            req_states: LogitsProcRequestState = runner_args[0]
-            device, pin, num_slots = req_states.device, False, req_states.max_num_reqs
-            self.runner = "v2"
+            self.req_states = runner_args[0]
+            device, pin, num_slots = self.req_states.device, False, self.req_states.max_num_reqs
         else:  # V1: (device, is_pin_memory)
             device, pin = runner_args
             num_slots = vllm_config.scheduler_config.max_num_seqs
-            self.runner = "v1"
-        self.slots = SlotTable(num_slots, device, pin_memory=pin and device.type != "cpu")
+        self.device = torch.device(device)
+        self.slots = SlotTable(num_slots, device, pin_memory=pin and self.device.type != "cpu")
+        self.thf = self._load_thf(vllm_config)
+        self._warned_no_thf = False
+
+    def _load_thf(self, vllm_config: VllmConfig):
+        from real_vllm.thf.runtime import THFRuntime, resolve_checkpoint
+
+        extra = getattr(vllm_config, "additional_config", None) or {}
+        path = resolve_checkpoint(extra.get(THF_KEY))
+        if path is None:
+            if "real" in SAMPLERS[self.defaults.get("sampler", "none")]:
+                raise ValueError(
+                    "real_vllm: --sampler real needs a THF checkpoint: pass --real-thf PATH "
+                    "(train one with `real-vllm thf train`, see the README)"
+                )
+            return None
+        return THFRuntime.load(path, self.device, tokenizer=vllm_config.model_config.tokenizer)
 
     # ----------------------------------------------------------------- both runners
 
@@ -69,13 +94,6 @@ class RealVllmLogitsProcessor(V1LogitsProcessor, V2LogitsProcessor):
 
     def _request(self, params: SamplingParams) -> SamplerRequest:
         return parse_sampler_args(params.extra_args, self.defaults)
-
-    def _apply_rows(self, logits: torch.Tensor, rows) -> torch.Tensor:
-        """Run the methods on ``logits``; ``rows(column)`` gives each row's parameters."""
-        if not logits.is_contiguous():
-            logits = logits.contiguous()
-        edt.apply_(logits, rows("edt_t0"), rows("edt_n"), rows("edt_theta"))
-        return logits
 
     # ----------------------------------------------------------------- V1 runner
 
@@ -87,8 +105,9 @@ class RealVllmLogitsProcessor(V1LogitsProcessor, V2LogitsProcessor):
             return
         for index in batch_update.removed:
             self.slots.clear(index)
-        for index, params, _prompt_ids, _output_ids in batch_update.added:
-            self.slots.set(index, self._request(params))
+        for index, params, prompt_ids, output_ids in batch_update.added:
+            # output_ids is vLLM's live list: REAL reads the newest tokens from it each step.
+            self.slots.set(index, self._request(params), (prompt_ids or [], output_ids))
         for a, b, direction in batch_update.moved:
             if direction == MoveDirectionality.SWAP:
                 self.slots.swap(a, b)
@@ -106,15 +125,65 @@ class RealVllmLogitsProcessor(V1LogitsProcessor, V2LogitsProcessor):
     # ----------------------------------------------------------------- the step
 
     def apply(self, logits: torch.Tensor, ctx: LogitsContext | None = None) -> torch.Tensor:
-        if ctx is None:  # V1: row i is persistent-batch slot i
-            num_rows = logits.shape[0]
-            if not self.slots.runs["edt"][:num_rows].any():
-                return logits
-            self.slots.flush()
-            return self._apply_rows(logits, lambda c: self.slots.column(c)[:num_rows])
-        # V2: rows map to slots through the context; the host-side mapping decides
-        # whether there is work without a device sync.
-        if not self.slots.runs["edt"][ctx.idx_mapping_np].any():
+        # Host-side slot of every row decides what runs, without a device sync. V1: row i
+        # is persistent-batch slot i. V2: the context maps rows to slots.
+        num_rows = logits.shape[0]
+        host_slots = np.arange(num_rows) if ctx is None else ctx.idx_mapping_np
+        run_edt = self.slots.runs["edt"][host_slots]
+        run_real = self.slots.runs["real"][host_slots]
+        if not (run_edt.any() or run_real.any()):
             return logits
-        idx = ctx.expanded_idx_mapping
-        return self._apply_rows(logits, lambda c: self.slots.column(c)[idx])
+        if ctx is None:
+            self.slots.flush()
+            column = lambda name: self.slots.column(name)[:num_rows]  # noqa: E731
+        else:
+            column = lambda name: self.slots.column(name)[ctx.expanded_idx_mapping]  # noqa: E731
+        if not logits.is_contiguous():
+            logits = logits.contiguous()
+        if run_edt.any():
+            edt.apply_(logits, column("edt_t0"), column("edt_n"), column("edt_theta"))
+        if run_real.any():
+            rows = np.flatnonzero(run_real)
+            top_p = torch.ones(num_rows, dtype=torch.float32, device=logits.device)
+            top_p[torch.from_numpy(rows).to(logits.device)] = self._real_thresholds(rows, host_slots, column)
+            real.apply_(logits, top_p)
+        return logits
+
+    def _real_thresholds(self, rows: np.ndarray, host_slots: np.ndarray, column) -> torch.Tensor:
+        """p_t of the REAL rows: one batched THF forward on each row's last tokens."""
+        idx = torch.from_numpy(rows).to(self.device)
+        p0, decay = column("real_p0")[idx], column("real_decay_temperature")[idx]
+        if self.thf is None:
+            if not self._warned_no_thf:
+                logger.error("real_vllm: REAL requested but no THF checkpoint is loaded "
+                             "(--real-thf PATH); those requests get plain top-p(real_p0)")
+                self._warned_no_thf = True
+            return p0
+        windows, lengths = self._windows(rows, host_slots)
+        return real.threshold(self.thf.residual_entropy(windows, lengths), p0, decay)
+
+    def _windows(self, rows: np.ndarray, host_slots: np.ndarray):
+        """The last THF-window tokens (prompt + output so far) of each row, right-aligned in
+        a [R, window] tensor (left padding), and their lengths."""
+        width = self.thf.window
+        slots = host_slots[rows]
+        if self.req_states is None:  # V1: vLLM's token lists (a short slice per row)
+            windows = torch.zeros(len(rows), width, dtype=torch.long)
+            lengths = torch.empty(len(rows), dtype=torch.long)
+            for i, slot in enumerate(slots):
+                prompt, output = self.slots.tokens[slot]
+                recent = output[-width:]
+                if len(recent) < width:
+                    recent = prompt[-(width - len(recent)):] + recent
+                lengths[i] = len(recent)
+                if recent:
+                    windows[i, width - len(recent):] = torch.tensor(recent)
+            return windows.to(self.device), lengths.to(self.device)
+        # V2: gather from the runner's on-device token history, no host loop.
+        slot_idx = torch.from_numpy(slots).to(self.device)
+        total = self.req_states.total_len.gpu[slot_idx].long()
+        offsets = torch.arange(width, device=self.device) - width
+        pos = total[:, None] + offsets[None, :]
+        valid = pos >= 0
+        tokens = self.req_states.all_token_ids.gpu[slot_idx[:, None], pos.clamp_min(0)]
+        return torch.where(valid, tokens.long(), 0), total.clamp_max(width)

@@ -16,6 +16,7 @@ from real_vllm.methods import SamplerRequest
 # method -> {column: identity value}; the column names are the request parameters.
 COLUMNS: dict[str, dict[str, float]] = {
     "edt": {"edt_t0": 1.0, "edt_n": 0.8, "edt_theta": 0.0},
+    "real": {"real_p0": 1.0, "real_decay_temperature": 1.0},
 }
 
 
@@ -28,12 +29,16 @@ class SlotTable:
             for cols in COLUMNS.values()
             for col, ident in cols.items()
         }
+        # V1 only: (prompt ids, live output ids) of each slot's request, for REAL's window.
+        self.tokens: list[tuple[list[int], list[int]] | None] = [None] * num_slots
         on_cpu = self.device.type == "cpu"
         self._device = {c: t if on_cpu else t.to(self.device) for c, t in self._host.items()}
         self._dirty = False
 
-    def set(self, slot: int, request: SamplerRequest) -> bool:
-        """Store a request's parameters in ``slot``; returns whether any method runs."""
+    def set(self, slot: int, request: SamplerRequest, tokens=None) -> bool:
+        """Store a request's parameters (and, on V1, its token lists) in ``slot``; returns
+        whether any method runs."""
+        self.tokens[slot] = tokens
         for method, cols in COLUMNS.items():
             config = getattr(request, method)
             self.runs[method][slot] = config is not None
@@ -52,6 +57,7 @@ class SlotTable:
             runs[dst] = runs[src]
         for t in self._host.values():
             t[dst] = t[src]
+        self.tokens[dst] = self.tokens[src]
         self.clear(src)
 
     def swap(self, a: int, b: int) -> None:
@@ -59,6 +65,7 @@ class SlotTable:
             runs[[a, b]] = runs[[b, a]]
         for t in self._host.values():
             t[[a, b]] = t[[b, a]]
+        self.tokens[a], self.tokens[b] = self.tokens[b], self.tokens[a]
         self._dirty = True
 
     def flush(self) -> None:

@@ -14,13 +14,16 @@ from typing import Any
 
 from real_vllm.methods.edt import EDTConfig
 from real_vllm.methods.params import _show
+from real_vllm.methods.real import REALConfig
 
 # sampler name -> the methods it runs, in order
 SAMPLERS: dict[str, tuple[str, ...]] = {
     "none": (),
     "edt": ("edt",),
+    "real": ("real",),
+    "edt+real": ("edt", "real"),  # EDT's temperature, then REAL's nucleus on the scaled logits
 }
-METHOD_CONFIGS = {"edt": EDTConfig}
+METHOD_CONFIGS = {"edt": EDTConfig, "real": REALConfig}
 PARAM_PREFIXES = tuple(f"{m}_" for m in METHOD_CONFIGS)
 KNOWN_PARAMS = ("sampler", *(k for c in METHOD_CONFIGS.values() for k in c.PARAMS))
 
@@ -31,6 +34,7 @@ class SamplerRequest:
 
     sampler: str = "none"
     edt: EDTConfig | None = None
+    real: REALConfig | None = None
 
     @property
     def methods(self) -> tuple[str, ...]:

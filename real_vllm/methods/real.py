@@ -1,0 +1,47 @@
+"""REAL sampling: Residual Entropy from Asymptotic Line.
+
+Chang et al., "REAL Sampling: Boosting Factuality and Diversity of Open-Ended Generation via
+Asymptotic Entropy", arXiv 2406.07735 (TACL 2025). Per step, a small THF model reads the
+last ``window`` tokens and predicts the entropy curve E(s) of the model family; with c its
+asymptote (an infinitely large model) and s_ref the largest trained size:
+
+    d = E(s_ref) - c;   p_t = min(1, p0 * exp(-d / decay_temperature))
+
+then the nucleus of threshold p_t is kept on the served model's own logits. Where the LLM
+is more uncertain than an ideal model would be (large d), the nucleus shrinks. With
+decay_temperature -> inf, p_t = p0: plain top-p.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from real_vllm import ops
+from real_vllm.methods.params import require_number
+from real_vllm.thf.curves import threshold  # noqa: F401  (p_t = min(1, p0 exp(-d / decay)))
+
+
+@dataclass(frozen=True)
+class REALConfig:
+    """REAL parameters. Defaults: p0 = 1.0 and decay_temperature = 2.0 (the paper's human
+    evaluation setting; its sweep was {0.5, 0.7, 1, 2, 3, 4})."""
+
+    p0: float = 1.0  # real_p0: the threshold where the THF predicts no excess entropy, (0, 1]
+    decay_temperature: float = 2.0  # real_decay_temperature: > 0; larger = closer to top-p(p0)
+
+    PARAMS = {"real_p0": "p0", "real_decay_temperature": "decay_temperature"}
+
+    def __post_init__(self):
+        object.__setattr__(self, "p0", require_number("real_p0", self.p0, gt=0, le=1))
+        object.__setattr__(
+            self,
+            "decay_temperature",
+            require_number("real_decay_temperature", self.decay_temperature, gt=0),
+        )
+
+
+def apply_(logits: torch.Tensor, top_p: torch.Tensor) -> None:
+    """Mask float32 [B, V] logits in place to each row's nucleus (p >= 1 leaves a row alone)."""
+    ops.top_p_mask(logits, top_p, inplace=True)

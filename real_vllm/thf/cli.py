@@ -1,0 +1,106 @@
+"""`real-vllm thf ...`: collect entropies, train and evaluate the THF model of REAL sampling.
+
+REAL: arXiv 2406.07735. The pipeline, for a family of causal LMs that share one tokenizer:
+
+    real-vllm thf collect --family M1 M2 ... --corpus FILES...|wiki --out DATA
+    real-vllm thf train DATA --out CKPT [--curve poly|exp|logistic] [--epochs 3]
+    real-vllm thf eval CKPT DATA [--plot PATH]
+
+A family member may be given as `default` (the embedded SmolLM2-135M-Instruct folder). `--corpus
+wiki` is the training part of the offline Wikipedia summaries (data.wiki_corpus). Each step
+resumes when rerun with the same arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="real-vllm thf", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("collect", help="per-token entropies of a model family on a corpus")
+    c.add_argument("--family", nargs="+", required=True, metavar="MODEL_DIR",
+                   help="Hugging Face causal-LM folders sharing one tokenizer (`default` = the embedded model)")
+    c.add_argument("--corpus", nargs="+", required=True, metavar="FILE",
+                   help="text (.txt, blank-line separated), .json or .jsonl files, or `wiki`")
+    c.add_argument("--out", required=True, help="output data folder (rerun to resume)")
+    c.add_argument("--block", type=int, default=1024, help="tokens per block (default 1024, the paper's)")
+    c.add_argument("--batch-size", type=int, default=2, help="blocks per forward pass (default 2)")
+    c.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    c.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
+                   help="model dtype (default float32 on CPU, bfloat16 on GPU)")
+    c.add_argument("--max-tokens", type=int, default=None, help="cap on corpus tokens (whole documents)")
+    c.add_argument("--valid-fraction", type=float, default=0.05, help="held-out share of documents (default 0.05)")
+
+    t = sub.add_parser("train", help="train a THF checkpoint on a data folder")
+    t.add_argument("data", help="data folder from `thf collect`")
+    t.add_argument("--out", required=True, help="checkpoint folder (rerun to resume after an epoch)")
+    t.add_argument("--curve", choices=["poly", "exp", "logistic"], default="poly")
+    t.add_argument("--epochs", type=int, default=3)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--batch-size", type=int, default=8, help="blocks per step (default 8)")
+    t.add_argument("--weight-decay", type=float, default=0.01)
+    t.add_argument("--warmup-steps", type=int, default=100)
+    t.add_argument("--backbone", type=json.loads, default=None, metavar="JSON",
+                   help='LlamaConfig overrides, e.g. \'{"num_hidden_layers": 6}\'')
+    t.add_argument("--embedding-rank", type=int, default=48, help="low-rank input embedding; 0 = plain embedding")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default=None)
+
+    e = sub.add_parser("eval", help="held-out RMSE and distributions of c, d and the threshold")
+    e.add_argument("ckpt", help="THF checkpoint folder")
+    e.add_argument("data", help="data folder from `thf collect` (same tokenizer)")
+    e.add_argument("--split", choices=["valid", "train"], default="valid")
+    e.add_argument("--plot", default=None, help="write a PNG here")
+    e.add_argument("--batch-size", type=int, default=8)
+    e.add_argument("--device", default=None)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if args.command == "collect":
+        from real_vllm.thf.data import collect, wiki_corpus
+
+        family = []
+        for member in args.family:
+            if member == "default":
+                from real_vllm.assets import default_model_dir
+
+                member = str(default_model_dir())
+            family.append(member)
+        if args.corpus == ["wiki"]:
+            corpus = wiki_corpus("train")
+        elif "wiki" in args.corpus:
+            raise SystemExit("real-vllm thf collect: `wiki` cannot be mixed with corpus files")
+        else:
+            corpus = args.corpus
+        out = collect(family, corpus, args.out, block=args.block, batch_size=args.batch_size,
+                      device=args.device, dtype=args.dtype, max_tokens=args.max_tokens,
+                      valid_fraction=args.valid_fraction)
+        meta = json.loads((out / "meta.json").read_text())
+        print(json.dumps({"out": str(out), "members": [{k: m[k] for k in ("name", "s")} for m in meta["members"]],
+                          "splits": meta["splits"]}, indent=2))
+    elif args.command == "train":
+        from real_vllm.thf.train import train
+
+        record = train(args.data, args.out, curve=args.curve, epochs=args.epochs, lr=args.lr,
+                       batch_size=args.batch_size, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
+                       backbone=args.backbone, embedding_rank=args.embedding_rank or None, seed=args.seed,
+                       device=args.device)
+        print(json.dumps({"checkpoint": args.out, "final_valid": record["final_valid"],
+                          "parameters": record["parameters"]}, indent=2))
+    else:
+        from real_vllm.thf.evaluate import evaluate
+
+        print(json.dumps(evaluate(args.ckpt, args.data, split=args.split, plot=args.plot,
+                                  batch_size=args.batch_size, device=args.device), indent=2))
+
+
+if __name__ == "__main__":
+    main()

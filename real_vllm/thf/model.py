@@ -1,0 +1,310 @@
+"""THFModel: a small causal LM backbone with one linear head that outputs entropy curves.
+
+REAL sampling (arXiv 2406.07735, ALGORITHMS.md 2.1): dropout 0.1 on the backbone's last hidden
+states, one Linear(hidden, K) initialised to zero, exp() on every output. The paper fine-tunes
+Pythia-70M; here the backbone is a transformers LlamaModel trained from scratch on the family's
+tokenizer, because no small pretrained model with the SmolLM2 vocabulary exists offline.
+
+Default backbone (DEFAULT_BACKBONE, for the SmolLM2 tokenizer's 49,152 tokens): 4 layers, hidden
+256, 4 heads of 64 (2 KV heads), MLP 512, RoPE, 1,024 positions, and a factorised input embedding
+(vocab x 48 lookup, then 48 -> 256): 4.7M parameters, a 9.5 MB float16 checkpoint. A full
+49,152 x 256 embedding alone would be 12.6M parameters (25 MB in float16), three quarters of the
+model, for a task that needs coarse token identity plus context, so the embedding is low-rank
+(as in ALBERT). Checkpoints are stored in float16 (half the bytes; a trained net's weights lie far
+inside float16's range, which save() checks) and loaded into float32 by default.
+
+Checkpoint folder (self-contained; `THFModel.load(dir)` needs nothing else):
+    model.safetensors       weights
+    thf_config.json         THFConfig: curve form, family sizes s (s_ref = max), member names,
+                            window, backbone config, tokenizer fingerprint, training recipe and
+                            metrics
+    tokenizer files         copied from the family, so `load_tokenizer(dir)` gives the THF tokenizer
+
+The runtime calls `predict_last(model, ids, mask)` on each REAL row's last `config.window` tokens
+and turns the result into a threshold with `curves.residual_entropy` and `curves.threshold`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from real_vllm.thf import curves
+
+FORMAT = "real_vllm.thf"
+FORMAT_VERSION = 1
+CONFIG_FILE = "thf_config.json"
+WEIGHTS_FILE = "model.safetensors"
+DEFAULT_WINDOW = 40  # ALGORITHMS.md 2.2: THF reads the last 40 tokens at decode time
+
+DEFAULT_BACKBONE = {
+    "hidden_size": 256,
+    "intermediate_size": 512,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 64,
+    "max_position_embeddings": 1024,
+    "rms_norm_eps": 1e-5,
+    "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
+    "hidden_act": "silu",
+    "attention_dropout": 0.0,
+    "tie_word_embeddings": False,
+}
+DEFAULT_EMBEDDING_RANK = 48
+
+
+class THFCheckpointError(RuntimeError):
+    """A THF checkpoint folder is missing, incomplete, corrupt or of another format."""
+
+
+@dataclasses.dataclass
+class THFConfig:
+    """Everything needed to rebuild a THFModel and to use its outputs.
+
+    sizes: the family's s = ln(non-embedding parameter count), ascending, one per member;
+    s_ref = max(sizes) is the size REAL measures the residual entropy at. backbone: LlamaConfig
+    keyword arguments (vocab_size included). embedding_rank: None for a plain vocab x hidden
+    embedding. tokenizer: {"fingerprint", "vocab_size", "files"}. training: recipe and metrics.
+    """
+
+    sizes: list[float]
+    backbone: dict
+    curve: str = curves.DEFAULT_CURVE
+    members: list[str] = dataclasses.field(default_factory=list)
+    window: int = DEFAULT_WINDOW
+    embedding_rank: int | None = DEFAULT_EMBEDDING_RANK
+    dropout: float = 0.1
+    tokenizer: dict = dataclasses.field(default_factory=dict)
+    training: dict = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        curves.check_curve(self.curve)
+        self.sizes = [float(s) for s in self.sizes]
+        if not self.sizes:
+            raise ValueError("a THF needs at least one family size")
+        if self.members and len(self.members) != len(self.sizes):
+            raise ValueError(f"{len(self.members)} member names for {len(self.sizes)} sizes")
+        if "vocab_size" not in self.backbone:
+            raise ValueError("the backbone config needs vocab_size")
+
+    @property
+    def s_ref(self) -> float:
+        return max(self.sizes)
+
+    @property
+    def num_outputs(self) -> int:
+        return curves.num_outputs(self.curve)
+
+
+class FactorizedEmbedding(nn.Module):
+    """vocab -> rank lookup, then a rank -> hidden projection (ALBERT-style low-rank embedding)."""
+
+    def __init__(self, vocab_size: int, rank: int, hidden: int, std: float):
+        super().__init__()
+        self.lookup = nn.Embedding(vocab_size, rank)
+        self.proj = nn.Linear(rank, hidden, bias=False)
+        # The product has entries of std `std`, the same as a plain Llama embedding's.
+        nn.init.normal_(self.lookup.weight, std=std)
+        nn.init.normal_(self.proj.weight, std=rank ** -0.5)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.lookup(input_ids))
+
+
+class THFModel(nn.Module):
+    """Backbone -> dropout -> Linear(hidden, K) -> exp. forward gives [B, T, K] float32."""
+
+    def __init__(self, config: THFConfig):
+        super().__init__()
+        from transformers import LlamaConfig, LlamaModel
+
+        self.config = config
+        llama = LlamaConfig(**config.backbone)
+        llama._attn_implementation = "sdpa"
+        self.backbone = LlamaModel(llama)
+        if config.embedding_rank:
+            self.backbone.set_input_embeddings(FactorizedEmbedding(
+                llama.vocab_size, config.embedding_rank, llama.hidden_size, llama.initializer_range))
+        self.dropout = nn.Dropout(config.dropout)
+        self.head = nn.Linear(llama.hidden_size, config.num_outputs)
+        # Zero head: every output starts at exp(0) = 1, the same smooth curve for every token.
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
+                               position_ids=position_ids, use_cache=False).last_hidden_state
+        # exp in float32: a bfloat16 backbone would otherwise round the curve parameters coarsely.
+        return torch.exp(self.head(self.dropout(hidden)).float())
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def save(self, out_dir: str | os.PathLike, tokenizer_dir: str | os.PathLike,
+             dtype: torch.dtype = torch.float16) -> Path:
+        """Write the checkpoint folder: weights in `dtype`, the tokenizer files, thf_config.json last.
+
+        The tokenizer files named in config.tokenizer["files"] are copied from `tokenizer_dir`
+        (a loaded checkpoint's own folder works). Each file is written beside its final name and
+        renamed into place, and thf_config.json goes last, so a folder whose config exists is
+        complete.
+        """
+        from safetensors.torch import save_file
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        files = self.config.tokenizer.get("files") or []
+        if not files:
+            raise ValueError("config.tokenizer['files'] is empty: the checkpoint would have no tokenizer")
+        for name in files:
+            src, dst = Path(tokenizer_dir) / name, out / name
+            if not src.is_file():
+                raise FileNotFoundError(f"tokenizer file {src} is missing")
+            if not (dst.exists() and os.path.samefile(src, dst)):
+                _atomic_write(dst, lambda tmp, src=src: shutil.copyfile(src, tmp))
+
+        state = {}
+        for name, tensor in self.state_dict().items():
+            t = tensor.detach().to("cpu", torch.float32)
+            if not torch.isfinite(t).all():
+                raise ValueError(f"weight {name} holds NaN or inf; not saving a broken THF")
+            if dtype != torch.float32 and t.abs().max() > torch.finfo(dtype).max:
+                raise ValueError(f"weight {name} exceeds the range of {dtype}; save with dtype=torch.float32")
+            state[name] = t.to(dtype).contiguous()
+        _atomic_write(out / WEIGHTS_FILE, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
+
+        doc = {"format": FORMAT, "format_version": FORMAT_VERSION,
+               "weights_dtype": str(dtype).removeprefix("torch."), **dataclasses.asdict(self.config),
+               "s_ref": self.config.s_ref, "num_outputs": self.config.num_outputs,
+               "num_parameters": self.num_parameters()}
+        _atomic_write(out / CONFIG_FILE, lambda tmp: tmp.write_text(json.dumps(doc, indent=2) + "\n"))
+        return out
+
+    @classmethod
+    def load(cls, ckpt_dir: str | os.PathLike, device: str | torch.device = "cpu",
+             dtype: torch.dtype = torch.float32) -> THFModel:
+        """Load a checkpoint folder written by save(), in eval mode. Raises THFCheckpointError
+        with the reason when the folder is not a complete, readable THF checkpoint."""
+        from safetensors import safe_open
+
+        folder = Path(ckpt_dir)
+        config = read_config(folder)
+        try:
+            model = cls(config)
+        except Exception as exc:
+            raise THFCheckpointError(f"{folder}: {CONFIG_FILE} describes a model that cannot be built: {exc}") from exc
+        weights = folder / WEIGHTS_FILE
+        if not weights.is_file():
+            raise THFCheckpointError(f"{folder} has no {WEIGHTS_FILE}; it is not a complete THF checkpoint")
+        try:
+            with safe_open(str(weights), framework="pt") as f:
+                state = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as exc:
+            raise THFCheckpointError(f"{weights} is unreadable (truncated or corrupt): {exc}") from exc
+        expected = model.state_dict()
+        missing, unexpected = expected.keys() - state.keys(), state.keys() - expected.keys()
+        wrong = [k for k in expected.keys() & state.keys() if state[k].shape != expected[k].shape]
+        if missing or unexpected or wrong:
+            raise THFCheckpointError(
+                f"{weights} does not match {CONFIG_FILE}: missing {sorted(missing)[:3]}, "
+                f"unexpected {sorted(unexpected)[:3]}, wrong shapes {sorted(wrong)[:3]}")
+        model.load_state_dict({k: v.to(torch.float32) for k, v in state.items()})
+        missing_tok = [n for n in config.tokenizer.get("files", []) if not (folder / n).is_file()]
+        if missing_tok:
+            raise THFCheckpointError(f"{folder} lacks its tokenizer files {missing_tok}")
+        return model.to(device=device, dtype=dtype).eval()
+
+
+def read_config(ckpt_dir: str | os.PathLike) -> THFConfig:
+    """The THFConfig of a checkpoint folder, without loading weights (THFCheckpointError if bad)."""
+    folder = Path(ckpt_dir)
+    if not folder.is_dir():
+        raise THFCheckpointError(f"THF checkpoint folder {folder} does not exist "
+                                 f"(train one with `real-vllm thf train DATA_DIR --out {folder}`)")
+    path = folder / CONFIG_FILE
+    if not path.is_file():
+        raise THFCheckpointError(f"{folder} is not a THF checkpoint: it has no {CONFIG_FILE} "
+                                 f"(an unfinished training run leaves only its train state)")
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise THFCheckpointError(f"{path} is unreadable or not JSON: {exc}") from exc
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise THFCheckpointError(f"{path} is not a {FORMAT} config")
+    if doc.get("format_version") != FORMAT_VERSION:
+        raise THFCheckpointError(f"{path} has format version {doc.get('format_version')}; "
+                                 f"this real_vllm reads version {FORMAT_VERSION}")
+    fields = {f.name for f in dataclasses.fields(THFConfig)}
+    try:
+        return THFConfig(**{k: v for k, v in doc.items() if k in fields})
+    except (TypeError, ValueError) as exc:
+        raise THFCheckpointError(f"{path} is not a valid THF config: {exc}") from exc
+
+
+def load_tokenizer(ckpt_dir: str | os.PathLike):
+    """The THF tokenizer stored in a checkpoint (or data) folder; checks its fingerprint."""
+    from transformers import AutoTokenizer
+
+    from real_vllm.thf.data import tokenizer_fingerprint
+
+    folder = Path(ckpt_dir)
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    if (folder / CONFIG_FILE).is_file():
+        expected = read_config(folder).tokenizer.get("fingerprint")
+        if expected and tokenizer_fingerprint(tok) != expected:
+            raise THFCheckpointError(f"the tokenizer files in {folder} were changed after training "
+                                     f"(fingerprint differs from {CONFIG_FILE})")
+    return tok
+
+
+@torch.inference_mode()
+def predict_last(model: THFModel, token_ids: torch.Tensor,
+                 attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """THF outputs at each row's last real token: [B, K] float32.
+
+    token_ids [B, T] long; attention_mask [B, T] (1 = real token, 0 = padding), None for no
+    padding. Rows may be padded on the left (the usual batch of windows of different lengths) or
+    on the right. Positions count real tokens only, so a padded row gives what it gives alone.
+    One batched forward, no per-row Python work. Every row needs at least one real token (an
+    all-padding row gives meaningless values; checking would cost a device sync per step).
+    """
+    if model.training:
+        raise RuntimeError("predict_last needs model.eval(): dropout would randomise the forecast")
+    if attention_mask is None:
+        out = model(token_ids)
+        return out[:, -1]
+    mask = attention_mask.to(torch.long)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(token_ids, attention_mask=mask, position_ids=positions)
+    # Index of the last 1 in each row: T - 1 minus the first 1 of the reversed row.
+    last = mask.shape[-1] - 1 - mask.flip(-1).argmax(-1)
+    return out[torch.arange(out.shape[0], device=out.device), last]
+
+
+# Read once at import (os.umask can only be read by setting it): the mode a plain open() gives.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Call write(tmp_path) beside `path`, then rename over it: readers never see half a file.
+
+    The file gets the mode a plain open() would give (safetensors writes 0600 files), so shared
+    data and checkpoint folders stay readable by others.
+    """
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -1,0 +1,80 @@
+"""THF inside the vLLM worker: load once, then one batched forward per decode step.
+
+REAL (arXiv 2406.07735, ALGORITHMS.md 2.2): for every REAL row, the THF reads the last
+``window`` tokens (prompt + output so far) and predicts the entropy curve at the last
+position; the residual entropy d = E(s_ref) - c sets the row's nucleus threshold.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from real_vllm.thf import curves
+from real_vllm.thf.model import THFCheckpointError, THFModel, load_tokenizer, predict_last
+
+# The checkpoint shipped for the embedded default model (SmolLM2 tokenizer), when present.
+SHIPPED_CHECKPOINT = Path(__file__).parent / "checkpoints" / "smollm2"
+ENV_CHECKPOINT = "REAL_VLLM_THF"
+
+
+def resolve_checkpoint(explicit: str | os.PathLike | None = None) -> Path | None:
+    """The THF to serve: --real-thf / additional_config, else $REAL_VLLM_THF, else the
+    shipped one (None when there is none)."""
+    for candidate in (explicit, os.environ.get(ENV_CHECKPOINT)):
+        if candidate:
+            return Path(candidate)
+    return SHIPPED_CHECKPOINT if SHIPPED_CHECKPOINT.is_dir() else None
+
+
+class THFRuntime:
+    """A loaded THF and the residual entropy of batches of token windows."""
+
+    def __init__(self, model: THFModel, device: torch.device):
+        self.model = model
+        self.config = model.config
+        self.window = self.config.window
+        self.device = device
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: torch.device, tokenizer: str | None = None) -> THFRuntime:
+        """Load a checkpoint for a server whose model uses ``tokenizer`` (a folder or name).
+
+        Fails at start-up, with what to do, for a missing or corrupt checkpoint, a tokenizer
+        other than the served model's, or a window longer than the THF's context.
+        """
+        try:
+            model = THFModel.load(path, device=device)
+        except THFCheckpointError as e:
+            raise ValueError(f"real_vllm: cannot load the THF checkpoint for REAL: {e}") from None
+        config = model.config
+        context = config.backbone.get("max_position_embeddings", config.window)
+        if config.window > context:
+            raise ValueError(
+                f"real_vllm: the THF window ({config.window} tokens) is longer than its "
+                f"context ({context}); retrain with a shorter window"
+            )
+        if tokenizer is not None:
+            from transformers import AutoTokenizer
+
+            served = AutoTokenizer.from_pretrained(tokenizer)
+            if served.get_vocab() != load_tokenizer(path).get_vocab():
+                raise ValueError(
+                    f"real_vllm: the THF at {path} was trained with another tokenizer than the "
+                    f"served model's ({tokenizer}); REAL reads the served token ids directly, so "
+                    "train a THF on a family with the served model's tokenizer "
+                    "(`real-vllm thf collect/train`, see the README)"
+                )
+        return cls(model, torch.device(device))
+
+    def residual_entropy(self, windows: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """d = E(s_ref) - c at the last token of each right-aligned window.
+
+        windows: [R, window] token ids, left-padded; lengths: [R] real tokens per row (>= 1).
+        """
+        width = windows.shape[1]
+        mask = torch.arange(width, device=windows.device)[None, :] >= (width - lengths)[:, None]
+        params = predict_last(self.model, windows, mask)
+        return curves.residual_entropy(params, self.config.s_ref, self.config.curve)

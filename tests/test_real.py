@@ -1,0 +1,121 @@
+"""REAL in the logits processor: thresholds from the THF on each row's window, the nucleus
+on the served logits; start-up errors for a missing, corrupt or mismatched THF."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from vllm import SamplingParams
+from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
+
+from real_vllm import reference
+from real_vllm.integration.processor import RealVllmLogitsProcessor
+from real_vllm.methods.edt import MIN_SCALE
+from real_vllm.thf import curves
+from real_vllm.thf.model import THFModel
+from tests.thf_fixtures import build_tiny_thf
+
+
+@pytest.fixture(scope="module")
+def thf_dir(tiny_model_dir, tmp_path_factory):
+    return build_tiny_thf(tmp_path_factory.mktemp("thf") / "tiny-thf", tiny_model_dir)
+
+
+def vllm_config(tiny_model_dir, **additional):
+    return SimpleNamespace(
+        additional_config=additional,
+        scheduler_config=SimpleNamespace(max_num_seqs=8),
+        model_config=SimpleNamespace(tokenizer=str(tiny_model_dir)),
+    )
+
+
+def direct_threshold(thf_dir, tokens, p0, decay):
+    """p_t from a plain THF forward on the unpadded window: the truth the processor must hit."""
+    model = THFModel.load(thf_dir)
+    window = torch.tensor(tokens[-model.config.window:])[None]
+    with torch.inference_mode():
+        params = model(window)[:, -1]
+    d = curves.residual_entropy(params, model.config.s_ref, model.config.curve)
+    return curves.threshold(d, p0, decay)
+
+
+def real(p0=0.8, decay=0.5, sampler="real", **kw):
+    return SamplingParams(extra_args={"sampler": sampler, "real_p0": p0, "real_decay_temperature": decay, **kw})
+
+
+def test_v1_thresholds_equal_a_direct_thf_forward(tiny_model_dir, thf_dir):
+    proc = RealVllmLogitsProcessor(vllm_config(tiny_model_dir, real_thf=str(thf_dir)), torch.device("cpu"), False)
+    vocab = 1000
+    rng = np.random.default_rng(0)
+    histories = [  # (prompt, output): short, long (window cuts), output longer than the window
+        (rng.integers(3, vocab, 5).tolist(), rng.integers(3, vocab, 2).tolist()),
+        (rng.integers(3, vocab, 70).tolist(), rng.integers(3, vocab, 10).tolist()),
+        (rng.integers(3, vocab, 3).tolist(), rng.integers(3, vocab, 45).tolist()),
+        (rng.integers(3, vocab, 8).tolist(), []),
+    ]
+    params = [real(0.9, 0.7), SamplingParams(), real(0.6, 2.0, sampler="edt+real", edt_t0=0.8), real(1.0, 0.3)]
+    proc.update_state(BatchUpdate(4, removed=[], added=[(i, p, h[0], h[1]) for i, (p, h) in enumerate(zip(params, histories))], moved=[]))
+    logits = torch.randn(4, vocab) * 3
+    out = proc.apply(logits.clone())
+    assert torch.equal(out[1], logits[1]), "a plain row was touched"
+    for row in (0, 2, 3):
+        args = params[row].extra_args
+        prompt, output = histories[row]
+        p_t = direct_threshold(thf_dir, prompt + output, args["real_p0"], args["real_decay_temperature"])
+        x = logits[row:row + 1]
+        if args["sampler"] == "edt+real":
+            x, _ = reference.apply_edt(x, args["edt_t0"], 0.8, 1.0, MIN_SCALE)
+        want = reference.top_p_mask(x, p_t.reshape(1))
+        assert torch.equal(out[row].isfinite(), want[0].isfinite()), f"row {row}: another nucleus"
+        torch.testing.assert_close(out[row][want[0].isfinite()], want[0][want[0].isfinite()])
+    # Output grows (vLLM appends to the live list) and rows move: the windows follow.
+    histories[0][1].append(7)
+    proc.update_state(BatchUpdate(3, removed=[1], added=[], moved=[(3, 1, MoveDirectionality.UNIDIRECTIONAL)]))
+    logits = torch.randn(3, vocab) * 3
+    out = proc.apply(logits.clone())
+    for row, src in ((0, 0), (1, 3)):
+        args = params[src].extra_args
+        p_t = direct_threshold(thf_dir, histories[src][0] + histories[src][1], args["real_p0"], args["real_decay_temperature"])
+        want = reference.top_p_mask(logits[row:row + 1], p_t.reshape(1))
+        assert torch.equal(out[row].isfinite(), want[0].isfinite())
+
+
+def test_v2_windows_from_the_runner_token_history(tiny_model_dir, thf_dir):
+    slots, max_len, vocab = 6, 128, 1000
+    rng = np.random.default_rng(1)
+    all_ids = torch.from_numpy(rng.integers(3, vocab, (slots, max_len))).int()
+    total = torch.tensor([0, 12, 0, 90, 0, 3], dtype=torch.int32)
+    req_states = SimpleNamespace(
+        device=torch.device("cpu"), max_num_reqs=slots,
+        all_token_ids=SimpleNamespace(gpu=all_ids), total_len=SimpleNamespace(gpu=total),
+    )
+    proc = RealVllmLogitsProcessor(vllm_config(tiny_model_dir, real_thf=str(thf_dir)), req_states)
+    for slot in (1, 3, 5):
+        proc.add_request(slot, real(0.85, 0.6))
+    proc.apply_staged_writes()
+    order = [5, 1, 3]
+    ctx = SimpleNamespace(expanded_idx_mapping=torch.tensor(order), idx_mapping=torch.tensor(order), idx_mapping_np=np.array(order))
+    logits = torch.randn(3, vocab) * 3
+    out = proc.apply(logits.clone(), ctx)
+    for row, slot in enumerate(order):
+        p_t = direct_threshold(thf_dir, all_ids[slot, : total[slot]].tolist(), 0.85, 0.6)
+        want = reference.top_p_mask(logits[row:row + 1], p_t.reshape(1))
+        assert torch.equal(out[row].isfinite(), want[0].isfinite())
+
+
+def test_startup_errors_say_what_to_do(tiny_model_dir, thf_dir, tmp_path):
+    with pytest.raises(ValueError, match="--real-thf"):
+        RealVllmLogitsProcessor(vllm_config(tiny_model_dir, sampler="real"), torch.device("cpu"), False)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "thf_config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="cannot load the THF"):
+        RealVllmLogitsProcessor(vllm_config(tiny_model_dir, real_thf=str(broken)), torch.device("cpu"), False)
+    with pytest.raises(ValueError, match="does not exist"):
+        RealVllmLogitsProcessor(vllm_config(tiny_model_dir, real_thf=str(tmp_path / "nowhere")), torch.device("cpu"), False)
+    from tests.tiny_model import build_tiny_llama
+
+    other = build_tiny_llama(tmp_path / "other-tokenizer", vocab_size=700)
+    with pytest.raises(ValueError, match="another tokenizer"):
+        RealVllmLogitsProcessor(vllm_config(other, real_thf=str(thf_dir)), torch.device("cpu"), False)
