@@ -16,7 +16,7 @@ PIP_INDEX := $(if $(PIP_EXTRA_INDEX),--extra-index-url $(PIP_EXTRA_INDEX))
 HAS_NVIDIA_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
 PYTEST := $(PY) -m pytest -q -p no:cacheprovider
 
-.PHONY: demo test test-slow bench bench-quick serve venv model clean
+.PHONY: demo test bench bench-quick serve venv model clean
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/real-vllm model
@@ -24,10 +24,7 @@ demo: $(VENV)/.installed
 
 # The benchmark smoke run goes first so that pytest's summary is the last line.
 test: $(VENV)/.installed bench-quick
-	$(PYTEST) -m "not slow"
-
-test-slow: $(VENV)/.installed
-	$(PYTEST) -m slow
+	$(PYTEST)
 
 # The op table and the serving table, CSV + PNG under benchmarks/results/ (minutes).
 bench: $(VENV)/.installed
