@@ -13,6 +13,7 @@ hallucination, so REAL lowers top-p there: p_t = min(1, p0 * exp(-d / T_decay)).
     train      train(): the paper's loss, resumable per epoch
     evaluate   evaluate(): held-out RMSE per family size, distributions of c and d, a plot
     cli        `real-vllm thf collect | train | eval`
+    runtime    THFRuntime: the per-step forecast inside the vLLM worker
 
 The authors' public code (amazon-science/llm-asymptotic-decoding, CC BY-NC 4.0) was read for
 facts only; nothing here is copied from it.

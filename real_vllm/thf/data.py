@@ -33,6 +33,7 @@ import json
 import math
 import os
 import re
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -395,6 +396,8 @@ def collect(
     _start_or_resume(out, plan)
     tok_dir = out / TOKENIZER_DIR
     if not tok_dir.is_dir():
+        for stale in out.glob(f".{TOKENIZER_DIR}.tmp-*"):  # left by a run killed while saving
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = out / f".{TOKENIZER_DIR}.tmp-{os.getpid()}"
         tokenizer.save_pretrained(str(tmp))
         os.replace(tmp, tok_dir)
@@ -500,6 +503,7 @@ def write_dataset(out_dir: str | os.PathLike, tokenizer, members: Sequence[tuple
         "tokenizer_fingerprint": fingerprint,
         "tokenizer": _tokenizer_info(out / TOKENIZER_DIR, fingerprint, tokenizer),
         "tokenizer_vocab_size": len(tokenizer),
+        "token_stream_sha256": _stream_hash({k: v[0].to(torch.int32) for k, v in splits.items()}),
     }
     for split, (tokens, ents) in splits.items():
         if tokens.shape[1] != block or ents.shape != (len(members), *tokens.shape):

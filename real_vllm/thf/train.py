@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -107,7 +108,8 @@ def train(
     steps_per_epoch = math.ceil(len(tokens) / batch_size)
     total_steps = steps_per_epoch * epochs
     recipe = {
-        "data_dir": str(data_dir.resolve()), "token_stream_sha256": meta.get("token_stream_sha256"),
+        # The data by content (tokens and family sizes), not by path: a moved folder still resumes.
+        "token_stream_sha256": meta["token_stream_sha256"], "sizes": meta["sizes"],
         "curve": curve, "epochs": epochs, "lr": lr, "batch_size": batch_size, "weight_decay": weight_decay,
         "warmup_steps": min(warmup_steps, total_steps // 10), "grad_clip": grad_clip, "seed": seed,
         "backbone": arch, "embedding_rank": embedding_rank, "block": meta["block"],
@@ -128,14 +130,19 @@ def train(
         backbone=arch, embedding_rank=embedding_rank, tokenizer=meta["tokenizer"])
     model = THFModel(config).to(device)
     decay, no_decay = [], []
-    for name, p in model.named_parameters():
+    for p in model.parameters():
         # Norm gains and biases are not weight-decayed (standard practice for transformers).
         (no_decay if p.ndim < 2 else decay).append(p)
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=lr)
     warm = recipe["warmup_steps"]
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: (step + 1) / warm if step < warm else max(0.0, (total_steps - step) / (total_steps - warm)))
+
+    def lr_factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return max(0.0, (total_steps - step) / (total_steps - warm))
+
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
 
     history: list[dict] = []
     start_epoch = 0
@@ -148,6 +155,11 @@ def train(
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         history, start_epoch = state["history"], state["epoch"]
+        # Dropout draws from the global generator: restoring it makes a resumed run match an
+        # uninterrupted one exactly.
+        torch.set_rng_state(state["rng"])
+        if device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
     out.mkdir(parents=True, exist_ok=True)
 
     sizes_dev = sizes.to(device)
@@ -176,12 +188,18 @@ def train(
                         "valid": metrics, "seconds": round(time.time() - t0, 1),
                         "tokens_per_s": round(tokens.numel() / (time.time() - t0), 1)})
         if progress:
-            print(f"epoch {epoch + 1}: train loss {history[-1]['train_loss']:.4f}, valid {json.dumps(metrics)}")
+            # stderr, beside the progress bars: stdout stays free for the CLI's JSON result.
+            print(f"epoch {epoch + 1}: train loss {history[-1]['train_loss']:.4f}, valid {json.dumps(metrics)}",
+                  file=sys.stderr)
         state = {"recipe": recipe, "epoch": epoch + 1, "history": history, "model": model.state_dict(),
-                 "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict()}
+                 "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                 "rng": torch.get_rng_state()}
+        if device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(device)
         _atomic_write(state_path, lambda tmp: torch.save(state, tmp))
 
-    model.config.training = {"recipe": recipe, "history": history, "final_valid": history[-1]["valid"],
+    model.config.training = {"recipe": recipe, "data_dir": str(data_dir.resolve()), "history": history,
+                             "final_valid": history[-1]["valid"],
                              "train_seconds_this_run": round(time.time() - started, 1),
                              "parameters": model.num_parameters(), "members": meta["members"]}
     model.save(out, tokenizer_dir=data_dir / TOKENIZER_DIR, dtype=save_dtype)
