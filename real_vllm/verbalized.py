@@ -126,10 +126,14 @@ def _check_method(method: Any) -> str:
     return method
 
 
-def turn_sizes(k: int, m: int | None) -> list[int]:
-    """How many responses each VS-Multi turn asks for: k = 5, m = 2 -> [2, 2, 1]."""
+def turn_sizes(k: int, m: int | None = None) -> list[int]:
+    """How many responses each VS-Multi turn asks for: k = 5, m = 2 -> [2, 2, 1].
+
+    ``m`` defaults to ceil(k / 2): two turns, the least that still shows the model its own
+    first answers before it writes alternatives.
+    """
     k = _check_k(k)
-    m = k if m is None else _check_k(m, "m")
+    m = -(-k // 2) if m is None else _check_k(m, "m")
     if m > k:
         raise ValueError(f"m (responses per turn) must be <= k, got m={m} > k={k}")
     return [m] * (k // m) + ([k % m] if k % m else [])
@@ -160,6 +164,8 @@ def system_prompt(method: str = "standard", k: int = DEFAULT_K, tau: float | Non
     each probability below tau".
     """
     method, k, tau = _check_method(method), _check_k(k), _check_tau(tau)
+    if m is not None and method != "multi":
+        raise ValueError(f"m (responses per turn) is for method 'multi', not {method!r}")
     n = turn_sizes(k, m)[0] if method == "multi" else k
     lines = []
     if method == "multi" and n < k:
@@ -239,18 +245,25 @@ def answer_schema(n_items: int = DEFAULT_K, *, reasoning: bool = False,
     }
 
 
-# A JSON string body unit: any character but a quote, a backslash or a control character, or a
-# short escape. \uXXXX is left out so that every unit is at most 4 bytes (see answer_max_tokens).
-_UNIT = r'(?:[^"\\\x00-\x1f]|\\["\\/bfnrt])'
-# The first unit is not a space: a response that starts blank is one the parser would strip away.
-_FIRST_UNIT = r'(?:[^ "\\\x00-\x1f]|\\["\\/bfnrt])'
+# A JSON string's characters: anything but a quote, a backslash or a control character, i.e. no
+# escapes, as xgrammar itself writes strings with a maxLength. Why: a bounded repetition of one
+# character class costs ~0.02 ms a token in xgrammar's matcher, but of "class | escape" ~200 ms
+# (measured with SmolLM2's 49k vocabulary at 300 characters), which would make decoding crawl.
+# The price: candidates carry no newlines or straight double quotes. Each character is at most 4
+# bytes in UTF-8 (see answer_max_tokens).
+_CHAR = r'[^"\\\x00-\x1f]'
+# The first character is not whitespace: a response that starts blank is one the parser strips,
+# and an all-blank one it drops. The class adds what str.strip() removes above U+001F, as literal
+# characters, which both Python's re and vLLM's backends read.
+_UNICODE_SPACES = " \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+_FIRST_CHAR = r'[^"\\\x00-\x1f' + _UNICODE_SPACES + ']'
 # 0, 0.x..., 1, 1.0...: at most 6 decimals keeps every probability at most 8 characters.
 _PROB = r'(?:0(?:\.[0-9]{1,6})?|1(?:\.0{1,6})?)'
 _PROB_MAX_CHARS = 8
 
 
 def _string_regex(max_chars: int) -> str:
-    return '"' + _FIRST_UNIT + _UNIT + "{0,%d}" % (max_chars - 1) + '"'
+    return '"' + _FIRST_CHAR + _CHAR + "{0,%d}" % (max_chars - 1) + '"'
 
 
 def answer_regex(n_items: int = DEFAULT_K, *, reasoning: bool = False,
@@ -259,8 +272,8 @@ def answer_regex(n_items: int = DEFAULT_K, *, reasoning: bool = False,
     """A regex for the compact JSON texts valid under :func:`answer_schema`.
 
     Every match parses with ``json.loads`` and validates against the schema with the same
-    arguments; the regex is narrower (no whitespace, at most 6 decimals, no \\u escapes) so that
-    the answer's length is bounded. Works with Python's ``re`` and with vLLM's regex backends.
+    arguments; the regex is narrower (no whitespace, at most 6 decimals, no escapes in strings)
+    so that the answer's length is bounded and xgrammar's matcher stays fast. Works with Python's ``re`` and with vLLM's regex backends.
     """
     n_items = _check_k(n_items, "n_items")
     text = _string_regex(_check_chars(max_text_chars, "max_text_chars"))
@@ -276,8 +289,8 @@ def answer_max_tokens(n_items: int = DEFAULT_K, *, reasoning: bool = False,
                       max_reasoning_chars: int = DEFAULT_MAX_REASONING_CHARS) -> int:
     """An upper bound on the tokens of any answer matching :func:`answer_regex`, plus the EOS.
 
-    Every generated token decodes to at least one byte, and every string unit is at most 4 bytes
-    in UTF-8, so bytes bound tokens. Real answers are far shorter (about 4 characters a token in
+    Every generated token decodes to at least one byte, and every string character is at most 4
+    bytes in UTF-8, so bytes bound tokens. Real answers are far shorter (about 4 characters a token in
     English); the bound is what makes "never truncated" a guarantee rather than a hope.
     """
     n_items = _check_k(n_items, "n_items")
@@ -393,44 +406,61 @@ _NUMBER = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?")
 _FRACTION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(\d+(?:\.\d+)?)\s*$")
 
 
+def _show(value: Any, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def repair_weight(value: Any) -> tuple[float | None, bool, str | None]:
     """Read one stated probability: (number or None, written as a percentage?, note or None).
 
     Numbers pass through; strings holding one number ("0.3", "30%", "p = 0.3", "1/3") are read;
-    booleans, NaN, infinities, words and strings with several numbers are invalid (None, with a
-    note). Range repairs (negatives, > 1) are list-level and happen in :func:`parse_answer`.
+    booleans, NaN, infinities (and numbers too large for a float), words and strings with
+    several numbers are invalid (None, with a note). Range repairs (negatives, > 1) are
+    list-level and happen in :func:`parse_answer`.
     """
     if value is None:
         return None, False, "missing probability"
     if isinstance(value, bool):  # True is not a probability, though Python calls it 1
         return None, False, f"probability {value!r} is not a number"
-    if isinstance(value, (int, float)):
-        if not math.isfinite(value):
-            return None, False, f"probability {value!r} is not finite"
-        return float(value), False, None
-    if isinstance(value, str):
-        fraction = _FRACTION.match(value)
-        if fraction:
-            num, den = float(fraction.group(1)), float(fraction.group(2))
-            if den == 0:
-                return None, False, f"probability {value!r} divides by zero"
-            return num / den, False, f"probability {value!r} read as a fraction"
-        numbers = _NUMBER.findall(value)
-        if len(numbers) != 1:
-            what = "no number" if not numbers else "several numbers"
-            return None, False, f"probability {value!r} holds {what}"
-        number = float(numbers[0])
-        if not math.isfinite(number):
-            return None, False, f"probability {value!r} is not finite"
-        if "%" in value:
-            return number / 100.0, True, f"probability {value!r} read as a percentage"
-        return number, False, f"probability {value!r} was a string"
-    return None, False, f"probability of type {type(value).__name__} is not a number"
+    percent, note = False, None
+    try:
+        if isinstance(value, (int, float)):
+            number = float(value)
+        elif isinstance(value, str):
+            fraction = _FRACTION.match(value)
+            numbers = _NUMBER.findall(value)
+            if fraction:
+                den = float(fraction.group(2))
+                if den == 0:
+                    return None, False, f"probability {_show(value)} divides by zero"
+                number, note = float(fraction.group(1)) / den, f"probability {_show(value)} read as a fraction"
+            elif len(numbers) != 1:
+                what = "no number" if not numbers else "several numbers"
+                return None, False, f"probability {_show(value)} holds {what}"
+            elif "%" in value:
+                number, percent = float(numbers[0]) / 100.0, True
+                note = f"probability {_show(value)} read as a percentage"
+            else:
+                number, note = float(numbers[0]), f"probability {_show(value)} was a string"
+        else:
+            return None, False, f"probability of type {type(value).__name__} is not a number"
+    except OverflowError:  # an int with hundreds of digits
+        return None, False, f"probability {_show(value)} is too large for a float"
+    if not math.isfinite(number):
+        return None, False, f"probability {_show(value)} is not finite"
+    return number, percent, note
 
 
 def _strip_fences(text: str) -> str:
     fence = re.search(r"```(?:json|JSON)?\s*\n?(.*?)(?:```|$)", text, re.S)
     return fence.group(1) if fence else text
+
+
+# json raises RecursionError, not ValueError, on deeply nested input ("[[[[...").
+_JSON_ERRORS = (ValueError, RecursionError)
+_MAX_STARTS = 64
+_LIST_KEY = re.compile(r'"(?:%s)"\s*:\s*\[' % "|".join(LIST_KEYS))
 
 
 def _salvage_list(text: str, start: int) -> list:
@@ -447,10 +477,15 @@ def _salvage_list(text: str, start: int) -> list:
             break
         try:
             value, pos = decoder.raw_decode(text, pos)
-        except ValueError:
+        except _JSON_ERRORS:
             break
         items.append(value)
     return items
+
+
+def _worth_reading(value: Any) -> bool:
+    """A dict, or a list with something that could be a candidate (not "[5]" from the prose)."""
+    return isinstance(value, dict) or (isinstance(value, list) and any(isinstance(v, (str, dict, list)) for v in value))
 
 
 def _extract(text: str) -> tuple[Any, list[str]]:
@@ -459,38 +494,44 @@ def _extract(text: str) -> tuple[Any, list[str]]:
     body = _strip_fences(text).strip()
     try:
         return json.loads(body), notes
-    except ValueError:
+    except _JSON_ERRORS:
         pass
     decoder = json.JSONDecoder()
-    for match in re.finditer(r"[\[{]", body):
+    key = _LIST_KEY.search(body)
+    # A complete JSON value inside prose. When the text has a "responses": [ only a value that
+    # encloses it will do: an item decoded on its own would pass for a one-item answer.
+    # At most _MAX_STARTS openings are tried: a real answer opens its JSON within the first
+    # few brackets, and each try on a deeply nested input ("[[[[...") costs ~1000 recursions.
+    for n, match in enumerate(re.finditer(r"[\[{]", body)):
+        if (key and match.start() > key.start()) or n >= _MAX_STARTS:
+            break
         try:
-            value, _ = decoder.raw_decode(body, match.start())
-        except ValueError:
+            value, end = decoder.raw_decode(body, match.start())
+        except _JSON_ERRORS:
             continue
-        if isinstance(value, (dict, list)):
-            notes.append("ignored text around the JSON")
+        if (key and end <= key.start()) or not _worth_reading(value):
+            continue
+        notes.append("ignored text around the JSON")
+        return value, notes
+    # Python-literal style answers (single quotes, True/None), first bracket to last.
+    first = re.search(r"[\[{]", body)
+    last = max(body.rfind("}"), body.rfind("]"))
+    if first and last > first.start():
+        try:
+            value = ast.literal_eval(body[first.start(): last + 1])
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            value = None
+        if _worth_reading(value):
+            notes.append("read a Python literal, not JSON")
             return value, notes
-    # Python-literal style answers (single quotes, True/None).
-    for match in re.finditer(r"[\[{]", body):
-        end = max(body.rfind("}"), body.rfind("]"))
-        if end > match.start():
-            try:
-                value = ast.literal_eval(body[match.start(): end + 1])
-            except (ValueError, SyntaxError, MemoryError, RecursionError):
-                break
-            if isinstance(value, (dict, list)):
-                notes.append("read a Python literal, not JSON")
-                return value, notes
-        break
     # Broken or truncated JSON: keep the complete items of the responses list.
-    key = re.search(r'"(?:%s)"\s*:\s*\[' % "|".join(LIST_KEYS), body)
     start = key.end() - 1 if key else body.find("[")
     if start >= 0:
         items = _salvage_list(body, start)
-        if items:
+        if _worth_reading(items):
             notes.append(f"the JSON is broken or truncated; kept the {len(items)} complete item(s) before the break")
             reasoning = re.search(r'"reasoning"\s*:\s*"((?:[^"\\]|\\.)*)"', body[:start])
-            value: dict = {"responses": items}
+            value = {"responses": items}
             if reasoning:
                 try:
                     value["reasoning"] = json.loads('"' + reasoning.group(1) + '"')
@@ -500,12 +541,15 @@ def _extract(text: str) -> tuple[Any, list[str]]:
     raise ValueError("no JSON object or list found")
 
 
+_TYPE_NAMES = {int: "a number", float: "a number", str: "a string", bool: "a boolean", type(None): "null"}
+
+
 def _find_list(value: Any) -> tuple[list, str | None]:
     """The list of candidates in a parsed answer, and the reasoning if there is one."""
     if isinstance(value, list):
         return value, None
     if not isinstance(value, dict):
-        raise VSParseError(f"expected a JSON object with a \"responses\" list, got a {type(value).__name__}")
+        raise VSParseError(f"expected a JSON object with a \"responses\" list, got {_TYPE_NAMES.get(type(value), type(value).__name__)}")
     reasoning = value.get("reasoning")
     reasoning = reasoning if isinstance(reasoning, str) else None
     for key in LIST_KEYS:
@@ -551,12 +595,13 @@ def _candidates(text: Any, finish_reason: str | None = None) -> tuple[list[tuple
     if not text.strip():
         raise VSParseError("the answer is empty", raw=text)
     notes: list[str] = []
-    if finish_reason == "length":
+    cut = " (the answer hit max_tokens before it was complete)" if finish_reason == "length" else ""
+    if cut:
         notes.append("the answer hit max_tokens")
     try:
         value, extract_notes = _extract(text)
     except ValueError:
-        raise VSParseError("no JSON with a \"responses\" list in the answer", raw=text) from None
+        raise VSParseError(f"no JSON with a \"responses\" list in the answer{cut}", raw=text) from None
     notes += extract_notes
     try:
         raw_items, reasoning = _find_list(value)
@@ -575,7 +620,7 @@ def _candidates(text: Any, finish_reason: str | None = None) -> tuple[list[tuple
         pairs.append((item_text.strip(), weight))
     if not pairs:
         what = "an empty list" if not raw_items else f"{len(raw_items)} item(s), none with a usable text"
-        raise VSParseError(f"the responses list holds {what}", raw=text)
+        raise VSParseError(f"the responses list holds {what}{cut}", raw=text)
     return pairs, reasoning, notes
 
 
@@ -606,10 +651,11 @@ def _postprocess(
             repairs.append(f"item {i}: {note}")
         read.append((number, percent))
 
-    # Bare numbers above 1 that all fit in [0, 100] are a list written in percent; a model that
-    # switches to percentages does so for the whole list, so "0.5" there means half a percent.
+    # A list whose largest bare number is above 1 but at most 100 is written in percent: a model
+    # that switches to percentages does so for the whole list, so "0.5" there means half a
+    # percent. Above 100 it is no percentage either, and values above 1 are clipped instead.
     bare = [n for n, pct in read if n is not None and not pct]
-    as_percent = bool(bare) and 1 < max(bare) <= 100 and min(bare) >= 0
+    as_percent = bool(bare) and 1 < max(bare) <= 100
     if as_percent:
         repairs.append("probabilities above 1 and at most 100: read the list as percentages")
     weights: list[float] = []
@@ -748,6 +794,8 @@ def _options(method, k, tau, m, max_text_chars, max_reasoning_chars):
     method, k, tau = _check_method(method), _check_k(k), _check_tau(tau)
     _check_chars(max_text_chars, "max_text_chars")
     _check_chars(max_reasoning_chars, "max_reasoning_chars")
+    if m is not None and method != "multi":
+        raise ValueError(f"m (responses per turn) is for method 'multi', not {method!r}")
     sizes = turn_sizes(k, m) if method == "multi" else [k]
     return method, k, tau, sizes
 
@@ -785,10 +833,15 @@ def generate_offline_many(
     JSON schema; whitespace is unbounded unless the engine sets disable_any_whitespace) or
     "none" (the prompt alone). ``sampler_args`` go to ``SamplingParams.extra_args``, e.g.
     {"sampler": "edt"} for VS over EDT decoding. ``max_tokens`` defaults to
-    :func:`answer_max_tokens`, so the answer is never cut short (within the engine's
-    max_model_len). ``seeds[i]`` seeds prompt i's generation. ``errors``: "raise" raises the
-    first :class:`VSParseError`; "keep" puts it in the result list in place of that prompt's
+    :func:`answer_max_tokens`, so the answer is never cut short (the engine stops at its
+    max_model_len all the same; a cut answer keeps its complete items and says so).
+    ``seeds[i]`` seeds prompt i's generation. ``errors``: "raise" raises the first
+    :class:`VSParseError`; "keep" puts it in the result list in place of that prompt's
     distribution (a batch is not lost to one bad answer).
+
+    On vLLM 0.32's CPU backend, seeded requests crash the engine ("CPU Generator does not use
+    offset") when a prompt's prefill is split across steps, which large batches cause; create
+    the LLM with ``enable_chunked_prefill=False, max_num_batched_tokens=max_model_len`` there.
     """
     from vllm import SamplingParams
     from vllm.sampling_params import StructuredOutputsParams
@@ -807,6 +860,8 @@ def generate_offline_many(
     failed: dict[int, VSParseError] = {}
     for turn, n in enumerate(sizes):
         live = [i for i in range(len(jobs)) if i not in failed]
+        if not live:
+            break
         regex, schema, bound = _turn_format(n, method, max_text_chars, max_reasoning_chars)
         structured = {"regex": lambda: StructuredOutputsParams(regex=regex),
                       "json": lambda: StructuredOutputsParams(json=schema), "none": lambda: None}[constraint]
@@ -834,7 +889,7 @@ def generate_offline_many(
             if turn + 1 < len(sizes):
                 job.messages = job.messages + [{"role": "assistant", "content": completion.text},
                                                {"role": "user", "content": followup_message(sizes[turn + 1], tau)}]
-    meta = {"method": method, "k": k, "tau": tau, "m": m if method == "multi" else None,
+    meta = {"method": method, "k": k, "tau": tau, "m": sizes[0] if method == "multi" else None,
             "temperature": temperature, "top_p": top_p, "constraint": constraint,
             "sampler_args": dict(sampler_args) if sampler_args else None, "client": "vllm.LLM"}
     results: list[Distribution | VSParseError] = []
@@ -894,7 +949,10 @@ def generate_openai(
     ``structured``: "vllm" sends vLLM's ``structured_outputs`` ({"regex": answer_regex(...)});
     "json_schema" sends ``response_format`` with :func:`answer_schema`; "none" sends the prompt
     alone and relies on the tolerant parser; "auto" tries them in that order, moving on when the
-    server refuses one (HTTP 400/422). ``sampler_args`` go out as ``vllm_xargs`` (vLLM only).
+    server refuses one (HTTP 400/422) for a reason other than a parameter it names (vLLM names
+    them: a bad sampler argument is reported at once). ``sampler_args`` go out as
+    ``vllm_xargs`` (vLLM only). ``max_tokens`` defaults to the server's default (vLLM: the rest
+    of the context, so a constrained answer completes whenever it fits).
     ``meta["structured"]`` of the result says which way was used, ``meta["refused"]`` why the
     others were not. Raises :class:`VSServerError` when the server refuses all of them.
     """
@@ -907,7 +965,7 @@ def generate_openai(
     job = _Job(prompt, seed, build_messages(prompt, method, k, tau, m=m))
     refusals: list[str] = []
     for turn, n in enumerate(sizes):
-        regex, schema, bound = _turn_format(n, method, max_text_chars, max_reasoning_chars)
+        regex, schema, _ = _turn_format(n, method, max_text_chars, max_reasoning_chars)
         while True:
             mode = modes[0]
             extra_body: dict[str, Any] = {}
@@ -921,18 +979,32 @@ def generate_openai(
                 }
             if sampler_args:
                 extra_body["vllm_xargs"] = dict(sampler_args)
+            if extra_body:
+                kwargs["extra_body"] = extra_body
+            # Unset options stay out of the request: the SDK sends None as null, and timeout=None
+            # would mean "no timeout" rather than the client's own.
+            if seed is not None:
+                kwargs["seed"] = seed + 1_000_003 * turn
+            if timeout is not None:
+                kwargs["timeout"] = timeout
+            # No max_tokens by default: vLLM then allows the rest of the context, and refuses a
+            # max_tokens above max_model_len, which answer_max_tokens (a worst case) can exceed.
+            if max_tokens is not None:
+                kwargs["max_tokens"] = max_tokens
             try:
                 reply = client.chat.completions.create(
-                    model=model, messages=job.messages, temperature=temperature, top_p=top_p,
-                    max_tokens=max_tokens or bound,
-                    seed=None if seed is None else seed + 1_000_003 * turn,
-                    extra_body=extra_body or None, timeout=timeout, **kwargs,
+                    model=model, messages=job.messages, temperature=temperature, top_p=top_p, **kwargs,
                 )
                 break
             except Exception as e:  # noqa: BLE001 - only refusals are retried; the rest re-raise
                 if not _is_refusal(e):
                     raise
-                refusals.append(f"{mode}: {_error_text(e)}")
+                message = _error_text(e)
+                named = re.search(r"parameter=([\w.]+)", message)
+                if named and not named.group(1).startswith(("structured_outputs", "response_format")):
+                    # vLLM names the parameter it refused: not the format, so no other mode helps.
+                    raise VSServerError(f"the server refused the request: {message}") from e
+                refusals.append(f"{mode}: {message}")
                 if len(modes) == 1:
                     raise VSServerError("the server refused every way of asking for VS:\n  " + "\n  ".join(refusals)) from e
                 modes = modes[1:]  # a server that refused a mode refuses it on later turns too
@@ -946,7 +1018,7 @@ def generate_openai(
         if turn + 1 < len(sizes):
             job.messages = job.messages + [{"role": "assistant", "content": choice.message.content},
                                            {"role": "user", "content": followup_message(sizes[turn + 1], tau)}]
-    meta = {"method": method, "k": k, "tau": tau, "m": m if method == "multi" else None,
+    meta = {"method": method, "k": k, "tau": tau, "m": sizes[0] if method == "multi" else None,
             "temperature": temperature, "top_p": top_p, "model": model, "structured": modes[0],
             "refused": refusals, "sampler_args": dict(sampler_args) if sampler_args else None,
             "client": "openai"}
@@ -959,7 +1031,12 @@ def candidates_table(dist: Distribution, drawn: int | None = None, width: int = 
 
     lines = [f"{'':2}{'#':>2}  {'prob':>6}  {'stated':>8}  text", "-" * (width + 22)]
     for i, it in enumerate(dist.items):
-        stated = it.stated if isinstance(it.stated, str) else ("-" if it.stated is None else f"{it.stated:g}")
+        if it.stated is None:
+            stated = "-"
+        elif isinstance(it.stated, (int, float)) and not isinstance(it.stated, bool):
+            stated = f"{it.stated:g}"
+        else:
+            stated = str(it.stated)
         wrapped = textwrap.wrap(" ".join(it.text.split()), width) or [""]
         mark = "->" if i == drawn else ""
         lines.append(f"{mark:2}{i + 1:>2}  {it.probability:6.3f}  {stated[:8]:>8}  {wrapped[0]}")
