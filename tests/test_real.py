@@ -119,3 +119,16 @@ def test_startup_errors_say_what_to_do(tiny_model_dir, thf_dir, tmp_path):
     other = build_tiny_llama(tmp_path / "other-tokenizer", vocab_size=700)
     with pytest.raises(ValueError, match="another tokenizer"):
         RealVllmLogitsProcessor(vllm_config(other, real_thf=str(thf_dir)), torch.device("cpu"), False)
+
+
+def test_shipped_thf_for_another_tokenizer_only_disables_real(tiny_model_dir, thf_dir, tmp_path, monkeypatch):
+    from real_vllm.thf import runtime
+    from tests.tiny_model import build_tiny_llama
+
+    monkeypatch.delenv(runtime.ENV_CHECKPOINT, raising=False)
+    monkeypatch.setattr(runtime, "SHIPPED_CHECKPOINT", thf_dir)
+    assert RealVllmLogitsProcessor(vllm_config(tiny_model_dir), torch.device("cpu"), False).thf is not None
+    other = build_tiny_llama(tmp_path / "other-tokenizer", vocab_size=700)
+    assert RealVllmLogitsProcessor(vllm_config(other), torch.device("cpu"), False).thf is None
+    with pytest.raises(ValueError, match="another tokenizer"):
+        RealVllmLogitsProcessor(vllm_config(other, sampler="real"), torch.device("cpu"), False)

@@ -89,3 +89,47 @@ def test_bad_parameters_give_400_naming_them_and_the_server_keeps_serving(client
     assert name in json.loads(body)["error"]["message"]
     assert server.alive()
     assert complete(client, {"edt_t0": 0.9}, seed=11) == before
+
+
+# ----------------------------------------------------------------------------- fuzzing
+
+HOSTILE_VALUES = [
+    None, True, False, 0, -1, 7, 1e308, -1e308, 1e-320, math.nan, math.inf, -math.inf,
+    "", "0.7", "edt", "x" * 20000, [1, 2], [], {"a": 1}, 0.5, 2, 1e9, -0.0,
+]
+HOSTILE_KEYS = [
+    "sampler", "edt_t0", "edt_n", "edt_theta", "real_p0", "real_decay_temperature",
+    "edt_bogus", "real_thf", "real_", "unknown_key", "", "k" * 300,
+]
+HOSTILE_SAMPLERS = ["none", "edt", "real", "edt+real", "sled", "EDT", " edt", "edt ", "none\x00", "é"]
+
+
+def hostile_xargs(rng):
+    xargs = {}
+    for _ in range(rng.randint(0, 4)):
+        key = rng.choice(HOSTILE_KEYS)
+        if key == "sampler" and rng.random() < 0.6:
+            xargs[key] = rng.choice(HOSTILE_SAMPLERS)
+        else:
+            xargs[key] = rng.choice(HOSTILE_VALUES)
+    return xargs
+
+
+def test_fuzzed_xargs_never_give_500_nor_disturb_other_requests(client, server):
+    """Random hostile vllm_xargs: every answer is 200 or a 400 with a message; the engine
+    stays up; a well-formed seeded request gives the same tokens after each bad one as before
+    any. Bounded for make test (REAL_VLLM_FUZZ_REQUESTS, default 100; e.g. 3000 for a long run)."""
+    import os
+    import random
+
+    seed = int(os.environ.get("REAL_VLLM_TEST_SEED", random.randrange(2**31)))
+    rng = random.Random(seed)
+    reference_text = complete(client, {"sampler": "edt", "edt_t0": 0.8}, seed=3, max_tokens=8)
+    for i in range(int(os.environ.get("REAL_VLLM_FUZZ_REQUESTS", 100))):
+        xargs = hostile_xargs(rng)
+        status, body = post_raw(server, client, xargs)
+        assert status in (200, 400), f"seed {seed}, request {i}: {xargs!r} -> {status} {body[:300]}"
+        if status == 400:
+            assert json.loads(body)["error"]["message"], f"seed {seed}: a 400 without a message"
+        assert server.alive(), f"seed {seed}: the server died on {xargs!r}"
+        assert complete(client, {"sampler": "edt", "edt_t0": 0.8}, seed=3, max_tokens=8) == reference_text

@@ -73,18 +73,28 @@ class RealVllmLogitsProcessor(V1LogitsProcessor, V2LogitsProcessor):
         self._warned_no_thf = False
 
     def _load_thf(self, vllm_config: VllmConfig):
-        from real_vllm.thf.runtime import THFRuntime, resolve_checkpoint
+        """The THF for REAL rows. A THF the user named (--real-thf, $REAL_VLLM_THF) must load;
+        the shipped one (trained for the default model's tokenizer) is used when it fits the
+        served model, else REAL is unavailable, which is an error only for a REAL default."""
+        from real_vllm.thf.runtime import THFRuntime, TokenizerMismatch, resolve_checkpoint
 
         extra = getattr(vllm_config, "additional_config", None) or {}
-        path = resolve_checkpoint(extra.get(THF_KEY))
+        path, chosen = resolve_checkpoint(extra.get(THF_KEY))
+        real_default = "real" in SAMPLERS[self.defaults.get("sampler", "none")]
         if path is None:
-            if "real" in SAMPLERS[self.defaults.get("sampler", "none")]:
+            if real_default:
                 raise ValueError(
                     "real_vllm: --sampler real needs a THF checkpoint: pass --real-thf PATH "
                     "(train one with `real-vllm thf train`, see the README)"
                 )
             return None
-        return THFRuntime.load(path, self.device, tokenizer=vllm_config.model_config.tokenizer)
+        try:
+            return THFRuntime.load(path, self.device, tokenizer=vllm_config.model_config.tokenizer)
+        except TokenizerMismatch:
+            if chosen or real_default:
+                raise
+            logger.info("real_vllm: the shipped THF is for another tokenizer; REAL needs --real-thf")
+            return None
 
     # ----------------------------------------------------------------- both runners
 

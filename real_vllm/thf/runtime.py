@@ -20,13 +20,17 @@ SHIPPED_CHECKPOINT = Path(__file__).parent / "checkpoints" / "smollm2"
 ENV_CHECKPOINT = "REAL_VLLM_THF"
 
 
-def resolve_checkpoint(explicit: str | os.PathLike | None = None) -> Path | None:
-    """The THF to serve: --real-thf / additional_config, else $REAL_VLLM_THF, else the
-    shipped one (None when there is none)."""
+def resolve_checkpoint(explicit: str | os.PathLike | None = None) -> tuple[Path | None, bool]:
+    """The THF to serve and whether the user chose it: --real-thf / additional_config, else
+    $REAL_VLLM_THF, else the shipped one (None when there is none)."""
     for candidate in (explicit, os.environ.get(ENV_CHECKPOINT)):
         if candidate:
-            return Path(candidate)
-    return SHIPPED_CHECKPOINT if SHIPPED_CHECKPOINT.is_dir() else None
+            return Path(candidate), True
+    return (SHIPPED_CHECKPOINT if SHIPPED_CHECKPOINT.is_dir() else None), False
+
+
+class TokenizerMismatch(ValueError):
+    """The THF was trained with another tokenizer than the served model's."""
 
 
 class THFRuntime:
@@ -61,7 +65,7 @@ class THFRuntime:
 
             served = AutoTokenizer.from_pretrained(tokenizer)
             if served.get_vocab() != load_tokenizer(path).get_vocab():
-                raise ValueError(
+                raise TokenizerMismatch(
                     f"real_vllm: the THF at {path} was trained with another tokenizer than the "
                     f"served model's ({tokenizer}); REAL reads the served token ids directly, so "
                     "train a THF on a family with the served model's tokenizer "
