@@ -8,6 +8,7 @@ concurrency for every sampler; the sampler is chosen per request with vllm_xargs
 run shares the engine and only the sampling differs. "plain" requests (sampler none) pass
 through the plugin's processor untouched: it returns at once when no row uses a method.
 Ratios are against plain sampling with top-p 0.95 (vLLM's own top-p) and without top-p.
+REAL rows appear when a THF fits the model (the shipped one fits the default model).
 """
 
 from __future__ import annotations
@@ -29,6 +30,21 @@ CONFIGS = {
     "plain top-p 0.95": (["--top-p", "0.95"], {"sampler": "none"}),
     "edt": ([], {"sampler": "edt"}),
 }
+# Served only where a THF fits the model (the shipped one fits the default model).
+REAL_CONFIGS = {
+    "real": ([], {"sampler": "real"}),
+    "real decay=inf (top-p 0.95)": ([], {"sampler": "real", "real_p0": 0.95, "real_decay_temperature": 1e30}),
+}
+
+
+def real_available(model_dir: str) -> bool:
+    from transformers import AutoTokenizer
+
+    from real_vllm.thf.model import load_tokenizer
+    from real_vllm.thf.runtime import resolve_checkpoint
+
+    path, _ = resolve_checkpoint()
+    return path is not None and AutoTokenizer.from_pretrained(model_dir).get_vocab() == load_tokenizer(path).get_vocab()
 METRICS = [
     ("output_tok_s", "output_throughput"),
     ("request_s", "request_throughput"),
@@ -75,9 +91,10 @@ def main(argv=None) -> None:
     if args.quick:
         load = dict(num_prompts=8, concurrency=4, input_len=16, output_len=8)
     model_dir = args.model or str(default_model_dir())
+    configs = {**CONFIGS, **(REAL_CONFIGS if real_available(model_dir) else {})}
     rows = []
     with LocalServer(model_dir, ["--served-model-name", "bench", "--max-num-seqs", str(max(32, load["concurrency"]))], progress=True) as server, tempfile.TemporaryDirectory() as tmp:
-        for name, (options, xargs) in tqdm(CONFIGS.items(), desc="serving table", unit="config"):
+        for name, (options, xargs) in tqdm(configs.items(), desc="serving table", unit="config"):
             result = bench(server, model_dir, "bench", options, xargs, load, Path(tmp) / f"{len(rows)}.json")
             row = {"sampler": name, **{k: round(result[key], 3) for k, key in METRICS}}
             row["completed"] = result["completed"]

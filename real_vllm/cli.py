@@ -5,6 +5,7 @@
     real-vllm demo                  # serve the default model, compare plain sampling and EDT
     real-vllm vs "prompt" -k 5      # Verbalized Sampling: k candidates with probabilities
     real-vllm thf collect|train|eval ...   # the THF pipeline of REAL sampling
+    real-vllm trace "prompt" --sampler real   # per token: entropy, asymptote, p_t; a PNG
     real-vllm vllm ARGS ...         # vLLM's own CLI (e.g. `real-vllm vllm bench serve ...`)
 """
 
@@ -72,6 +73,10 @@ def main(argv: list[str] | None = None) -> None:
         from real_vllm.verbalized_cli import main as vs_main
 
         vs_main(rest)
+    elif command == "trace":
+        from real_vllm.trace import main as trace_main
+
+        trace_main(rest)
     elif command == "thf":
         from real_vllm.thf.cli import main as thf_main
 

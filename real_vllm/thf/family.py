@@ -102,7 +102,13 @@ def train_member(out: Path, preset: str, stream: torch.Tensor, tokenizer, *, tok
     from real_vllm.thf.data import parameter_counts
 
     if (out / MARKER).is_file():
-        return json.loads((out / MARKER).read_text())
+        done = json.loads((out / MARKER).read_text())
+        asked = {"tokens": max(1, tokens // (batch_blocks * context)) * batch_blocks * context, "context": context,
+                 "batch_blocks": batch_blocks, "lr": lr, "seed": seed}
+        if any(done.get(k) != v for k, v in asked.items()):
+            raise FileExistsError(f"{out} holds a member trained with another recipe "
+                                  f"({ {k: done.get(k) for k in asked} }, asked {asked}); use another --out")
+        return done
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     config = member_config(preset, tokenizer, context)

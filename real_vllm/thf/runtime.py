@@ -73,12 +73,16 @@ class THFRuntime:
                 )
         return cls(model, torch.device(device))
 
-    def residual_entropy(self, windows: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """d = E(s_ref) - c at the last token of each right-aligned window.
+    def curve_params(self, windows: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """THF outputs [R, K] at the last token of each right-aligned window.
 
         windows: [R, window] token ids, left-padded; lengths: [R] real tokens per row (>= 1).
         """
         width = windows.shape[1]
         mask = torch.arange(width, device=windows.device)[None, :] >= (width - lengths)[:, None]
-        params = predict_last(self.model, windows, mask)
+        return predict_last(self.model, windows, mask)
+
+    def residual_entropy(self, windows: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """d = E(s_ref) - c at the last token of each window (see curve_params)."""
+        params = self.curve_params(windows, lengths)
         return curves.residual_entropy(params, self.config.s_ref, self.config.curve)
