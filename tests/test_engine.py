@@ -90,3 +90,12 @@ def test_requests_joining_and_leaving_keep_their_own_parameters(llm):
     with_temperature = run_schedule(llm, schedule(use_edt=False))
     assert set(with_edt) == set("abcdef")
     assert with_edt == with_temperature
+
+
+@pytest.mark.parametrize("sampler", ["none", "edt"])
+def test_seeded_request_gives_the_same_tokens_alone_and_in_any_batch(llm, sampler):
+    target = SamplingParams(temperature=1.0, seed=77, max_tokens=24, ignore_eos=True, extra_args={"sampler": sampler, "edt_theta": 2.0})
+    alone = token_ids(llm.generate(PROMPTS[:1], [target], use_tqdm=False))[0]
+    neighbours = [plain(1.0, 5, 40), edt(0.6, 1.0, 6, 12), plain(0.3, 7, 3)]
+    batched = token_ids(llm.generate(PROMPTS, [target, *neighbours], use_tqdm=False))[0]
+    assert batched == alone

@@ -43,3 +43,10 @@ def test_real_composes_with_edt_and_plain_rows(llm):
     mixed = ids(llm, [sp(5), sp(6, sampler="edt+real", edt_theta=2.0), sp(7), sp(8, sampler="real")])
     assert mixed[0] == plain[0] and mixed[2] == plain[2]
     assert mixed[1] != plain[1] or mixed[3] != plain[3]
+
+
+def test_seeded_real_request_gives_the_same_tokens_alone_and_in_a_batch(llm):
+    target = sp(77, sampler="real", real_p0=0.9, real_decay_temperature=0.5)
+    alone = [list(o.outputs[0].token_ids) for o in llm.generate(PROMPTS[:1], [target], use_tqdm=False)]
+    batched = ids(llm, [target, sp(1), sp(2, sampler="edt"), sp(3, sampler="real")])
+    assert batched[0] == alone[0]
