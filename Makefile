@@ -16,7 +16,7 @@ PIP_INDEX := $(if $(PIP_EXTRA_INDEX),--extra-index-url $(PIP_EXTRA_INDEX))
 HAS_NVIDIA_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
 PYTEST := $(PY) -m pytest -q -p no:cacheprovider
 
-.PHONY: demo test bench bench-quick serve venv model clean
+.PHONY: demo test bench bench-quick serve venv model thf-family clean
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/real-vllm model
@@ -44,6 +44,19 @@ model: $(VENV)/.installed
 	$(VENV)/bin/real-vllm model
 
 venv: $(VENV)/.installed
+
+# Rebuild the THF shipped for the default model (REAL): a home-made family of three small
+# Llamas + SmolLM2, their entropies, the THF, its evaluation (~35 min on 2 CPU cores; see
+# real_vllm/thf/checkpoints/smollm2/RECIPE.md). family.py exits non-zero when the members'
+# entropies do not fall with size (they do not at this budget): the leading '-' goes on.
+THF_FAMILY ?= $(HOME)/.cache/real_vllm/thf-family
+THF_DATA ?= $(HOME)/.cache/real_vllm/thf-data-smollm2
+THF_CKPT := real_vllm/thf/checkpoints/smollm2
+thf-family: $(VENV)/.installed
+	-$(PY) -m real_vllm.thf.family --out $(THF_FAMILY)
+	$(PY) -m real_vllm.thf.cli collect --family $(THF_FAMILY)/xs $(THF_FAMILY)/s $(THF_FAMILY)/m default --corpus wiki --out $(THF_DATA) --max-tokens 70000 --valid-fraction 0.1
+	$(PY) -m real_vllm.thf.cli train $(THF_DATA) --out $(THF_CKPT) --epochs 20
+	$(PY) -m real_vllm.thf.cli eval $(THF_CKPT) $(THF_DATA) --plot benchmarks/results/thf_eval_smollm2.png > $(THF_CKPT)/eval.json
 
 # Idempotent: reruns only when the package's build inputs change.
 $(VENV)/.installed: pyproject.toml setup.py Makefile $(wildcard csrc/*.cpp csrc/*.h)

@@ -104,7 +104,11 @@ def test_v2_windows_from_the_runner_token_history(tiny_model_dir, thf_dir):
         assert torch.equal(out[row].isfinite(), want[0].isfinite())
 
 
-def test_startup_errors_say_what_to_do(tiny_model_dir, thf_dir, tmp_path):
+def test_startup_errors_say_what_to_do(tiny_model_dir, thf_dir, tmp_path, monkeypatch):
+    from real_vllm.thf import runtime
+
+    monkeypatch.delenv(runtime.ENV_CHECKPOINT, raising=False)
+    monkeypatch.setattr(runtime, "SHIPPED_CHECKPOINT", tmp_path / "no-shipped-thf")
     with pytest.raises(ValueError, match="--real-thf"):
         RealVllmLogitsProcessor(vllm_config(tiny_model_dir, sampler="real"), torch.device("cpu"), False)
     broken = tmp_path / "broken"

@@ -11,10 +11,16 @@ member (`default` in `thf collect`).
 Why plain LM loss and not distillation from SmolLM2-135M: on this CPU the teacher's forward pass
 runs at about 300-650 tokens/s while the members train at roughly 1,000-2,000 tokens/s, so
 on-the-fly teacher logits would cut the tokens seen per CPU-second by 2-4x; caching them is not
-practical either (49,152 floats per token: ~200 kB/token, ~40 GB for 200k tokens; a top-k cache
+practical either (49,152 floats per token: ~200 kB/token, ~60 GB for 300k tokens; a top-k cache
 would need its own tooling). For models this undertrained, more tokens beat a softer target.
 
-    python -m real_vllm.thf.family --out ~/.cache/real_vllm/thf-family --tokens-per-member 200000
+Members grow in width at a fixed depth of 4 layers, with Adam's LR scaled by 96 / hidden_size
+(muP-style). Measured here (RECIPE.md of the shipped checkpoint): at 300k tokens per member the
+held-out mean entropies are nearly equal (xs 6.460, s 6.437, m 6.476 nats; SmolLM2 2.400), i.e.
+such short training does NOT yet give entropies that fall with size; train_family reports it
+("entropy_decreases_with_size" in family.json) and main() exits non-zero when it fails.
+
+    python -m real_vllm.thf.family --out ~/.cache/real_vllm/thf-family     # xs, s, m; 300k tokens each
 
 Each finished member is a Hugging Face folder (save_pretrained + tokenizer) that `thf collect`
 accepts; a finished member is skipped on rerun, an unfinished one resumes from its last saved
@@ -34,14 +40,20 @@ from pathlib import Path
 import torch
 
 # Presets: name -> LlamaConfig fields. Non-embedding parameter counts (vocabulary 49,152, tied):
-#   xs  ~0.44M (s = 12.99), s ~2.1M (s = 14.56), m ~6.8M (s = 15.73), l ~17M (s = 16.6)
+#   xs ~0.44M (s = 13.00), s ~1.77M (s = 14.39), m ~4.96M (s = 15.42), l ~17M (s = 16.6)
 PRESETS: dict[str, dict] = {
     "xs": dict(hidden_size=96, num_hidden_layers=4, num_attention_heads=3, num_key_value_heads=3,
                intermediate_size=256),
-    "s": dict(hidden_size=128, num_hidden_layers=8, num_attention_heads=4, num_key_value_heads=4,
+    "s": dict(hidden_size=192, num_hidden_layers=4, num_attention_heads=3, num_key_value_heads=3,
               intermediate_size=512),
-    "m": dict(hidden_size=256, num_hidden_layers=8, num_attention_heads=4, num_key_value_heads=4,
-              intermediate_size=768),
+    "m": dict(hidden_size=320, num_hidden_layers=4, num_attention_heads=5, num_key_value_heads=5,
+              intermediate_size=864),
+    # Deeper and narrower (8 layers): at 300k tokens "s8" (2.1M) trained WORSE than "xs" (0.44M),
+    # so the default family grows in width at a fixed depth of 4 layers.
+    "s8": dict(hidden_size=128, num_hidden_layers=8, num_attention_heads=4, num_key_value_heads=4,
+               intermediate_size=512),
+    "m8": dict(hidden_size=256, num_hidden_layers=8, num_attention_heads=4, num_key_value_heads=4,
+               intermediate_size=768),
     "l": dict(hidden_size=384, num_hidden_layers=10, num_attention_heads=6, num_key_value_heads=6,
               intermediate_size=1024),
 }
@@ -94,7 +106,7 @@ def _lr(step: int, total: int, peak: float, warmup: int) -> float:
 
 def train_member(out: Path, preset: str, stream: torch.Tensor, tokenizer, *, tokens: int, context: int = 1024,
                  batch_blocks: int = 2, lr: float = 3e-3, warmup: int = 10, seed: int = 0,
-                 save_every: int = 50, progress: bool = True) -> dict:
+                 save_every: int = 50, lr_width_ref: int | None = 96, progress: bool = True) -> dict:
     """Train one member into `out` (resumable); returns its record (also written to out/MARKER)."""
     from tqdm.auto import tqdm
     from transformers import LlamaForCausalLM
@@ -103,8 +115,9 @@ def train_member(out: Path, preset: str, stream: torch.Tensor, tokenizer, *, tok
 
     if (out / MARKER).is_file():
         done = json.loads((out / MARKER).read_text())
-        asked = {"tokens": max(1, tokens // (batch_blocks * context)) * batch_blocks * context, "context": context,
-                 "batch_blocks": batch_blocks, "lr": lr, "seed": seed}
+        width = (PRESETS[preset] if isinstance(preset, str) else preset)["hidden_size"]
+        asked = {"config": PRESETS.get(preset, preset), "tokens": max(1, tokens // (batch_blocks * context)) * batch_blocks * context, "context": context,
+                 "batch_blocks": batch_blocks, "lr": round(lr * lr_width_ref / width, 12) if lr_width_ref else lr, "seed": seed}
         if any(done.get(k) != v for k, v in asked.items()):
             raise FileExistsError(f"{out} holds a member trained with another recipe "
                                   f"({ {k: done.get(k) for k in asked} }, asked {asked}); use another --out")
@@ -112,6 +125,9 @@ def train_member(out: Path, preset: str, stream: torch.Tensor, tokenizer, *, tok
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     config = member_config(preset, tokenizer, context)
+    if lr_width_ref:
+        # muP-style: Adam's step size scaled by 1/width, so wider members are not over-stepped.
+        lr = round(lr * lr_width_ref / config.hidden_size, 12)
     model = LlamaForCausalLM(config)
     counts = parameter_counts(model)
     step_tokens = batch_blocks * context
@@ -190,8 +206,8 @@ def heldout_entropy(model_dir: str | os.PathLike, stream: torch.Tensor, *, token
             "tokens": n * block, "seconds": round(time.perf_counter() - t0, 1)}
 
 
-def train_family(out_dir: str | os.PathLike, sizes=DEFAULT_SIZES, tokens_per_member: int = 200_000, *,
-                 context: int = 1024, batch_blocks: int = 2, lr: float = 3e-3, seed: int = 0,
+def train_family(out_dir: str | os.PathLike, sizes=DEFAULT_SIZES, tokens_per_member: int = 300_000, *,
+                 context: int = 1024, batch_blocks: int = 1, lr: float = 3e-3, lr_width_ref: int | None = 96, seed: int = 0,
                  eval_tokens: int = 8192, eval_default: bool = True, progress: bool = True) -> dict:
     """Train every member of `sizes` (PRESETS names) into out_dir/<name>; check held-out entropies.
 
@@ -207,7 +223,8 @@ def train_family(out_dir: str | os.PathLike, sizes=DEFAULT_SIZES, tokens_per_mem
     members = {}
     for name in sizes:
         rec = train_member(out / name, name, train_stream, tokenizer, tokens=tokens_per_member, context=context,
-                           batch_blocks=batch_blocks, lr=lr, seed=seed, progress=progress)
+                           batch_blocks=batch_blocks, lr=lr, seed=seed, lr_width_ref=lr_width_ref,
+                           progress=progress)
         if "heldout" not in rec:
             rec["heldout"] = heldout_entropy(out / name, heldout_stream, tokens=eval_tokens, block=context)
             (out / name / MARKER).write_text(json.dumps(rec, indent=2) + "\n")
@@ -242,16 +259,18 @@ def main(argv: list[str] | None = None) -> None:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="folder for the members (one subfolder each) and family.json")
     p.add_argument("--sizes", nargs="+", default=list(DEFAULT_SIZES), choices=sorted(PRESETS))
-    p.add_argument("--tokens-per-member", type=int, default=200_000)
+    p.add_argument("--tokens-per-member", type=int, default=300_000)
     p.add_argument("--context", type=int, default=1024)
-    p.add_argument("--batch-blocks", type=int, default=2)
-    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--batch-blocks", type=int, default=1)
+    p.add_argument("--lr", type=float, default=3e-3, help="peak LR at width --lr-width-ref (default 3e-3)")
+    p.add_argument("--lr-width-ref", type=int, default=96,
+                   help="scale each member's LR by REF/hidden_size (muP-style); 0 = the same LR for all")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-tokens", type=int, default=8192)
     p.add_argument("--no-eval-default", action="store_true")
     a = p.parse_args(sys.argv[1:] if argv is None else argv)
     summary = train_family(a.out, a.sizes, a.tokens_per_member, context=a.context, batch_blocks=a.batch_blocks,
-                           lr=a.lr, seed=a.seed, eval_tokens=a.eval_tokens, eval_default=not a.no_eval_default)
+                           lr=a.lr, lr_width_ref=a.lr_width_ref or None, seed=a.seed, eval_tokens=a.eval_tokens, eval_default=not a.no_eval_default)
     print(json.dumps(summary, indent=2))
     if not summary["entropy_decreases_with_size"]:
         raise SystemExit("[family] held-out mean entropy does not decrease with size")
