@@ -17,7 +17,8 @@ V = 1037
 
 
 def config(**additional):
-    return SimpleNamespace(additional_config=additional, scheduler_config=SimpleNamespace(max_num_seqs=16))
+    return SimpleNamespace(additional_config=additional, scheduler_config=SimpleNamespace(max_num_seqs=16),
+                           model_config=SimpleNamespace(tokenizer=None))
 
 
 def expected_row(row: torch.Tensor, params: SamplingParams, default: str = "none") -> torch.Tensor:
