@@ -39,6 +39,7 @@ def test_request_overrides_server_default():
         ({"sampler": "edt", "edt_n": 0.0}, "edt_n"),
         ({"sampler": "edt", "edt_n": 1.5}, "edt_n"),
         ({"sampler": "edt", "edt_theta": -1}, "edt_theta"),
+        ({"sampler": "edt", "edt_theta": 1e308}, "edt_theta"),  # overflows float32 (fuzzer find)
         ({"sampler": "edt", "edt_theta": [1.0]}, "edt_theta"),
         ({"edt_theta": -1}, "edt_theta"),  # validated even when the sampler comes from the server
         ({"sampler": "edt", "edt_tzero": 0.7}, "edt_tzero"),

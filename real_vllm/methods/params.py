@@ -6,6 +6,9 @@ import math
 from typing import Any
 
 
+FLOAT32_MAX = 3.4028234663852886e38
+
+
 def require_number(
     name: str,
     value: Any,
@@ -20,8 +23,10 @@ def require_number(
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"{name} must be a number, got {type(value).__name__} {_show(value)}")
     value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value}")
+    # Per-request values live in float32 slot tensors: beyond its range they would overflow
+    # there, inside the engine's step, instead of failing the request here.
+    if not math.isfinite(value) or abs(value) > FLOAT32_MAX:
+        raise ValueError(f"{name} must be a finite number within float32 range, got {value:g}")
     bounds = [
         (gt, lambda b: value > b, "> {}"),
         (ge, lambda b: value >= b, ">= {}"),
