@@ -60,20 +60,16 @@ def step_figures(model: str, prompt_ids: list[int], output_ids: list[int], xargs
         if request.real is not None:  # REAL's nucleus sees the EDT-scaled logits
             logits = logits / torch.tensor(figures["temperature"])[:, None]
     if request.real is not None:
-        from real_vllm.thf.runtime import THFRuntime, resolve_checkpoint
+        from real_vllm.thf.runtime import THFRuntime, resolve_checkpoint, right_aligned_windows
 
         path, _ = resolve_checkpoint(thf_path)
         if path is None:
             raise SystemExit("real-vllm trace: REAL needs a THF checkpoint (--thf PATH)")
         thf = THFRuntime.load(path, torch.device("cpu"), tokenizer=model)
-        width = thf.window
+        # The context the processor saw before each generated token.
         tokens = prompt_ids + output_ids
-        windows = torch.zeros(len(output_ids), width, dtype=torch.long)
-        lengths = torch.empty(len(output_ids), dtype=torch.long)
-        for t in range(len(output_ids)):  # the window the processor saw before token t
-            recent = tokens[max(0, len(prompt_ids) + t - width) : len(prompt_ids) + t]
-            windows[t, width - len(recent):] = torch.tensor(recent)
-            lengths[t] = len(recent)
+        contexts = [tokens[: len(prompt_ids) + t] for t in range(len(output_ids))]
+        windows, lengths = right_aligned_windows(contexts, thf.window)
         params = thf.curve_params(windows, lengths)
         c = curves.asymptote(params, thf.config.curve)
         d = curves.residual_entropy(params, thf.config.s_ref, thf.config.curve)

@@ -29,6 +29,7 @@ from vllm.v1.worker.gpu.sample.logits_processor.interface import (
 
 from real_vllm.integration.state import SlotTable
 from real_vllm.methods import PARAM_PREFIXES, SAMPLERS, SamplerRequest, edt, parse_sampler_args, real
+from real_vllm.thf.runtime import right_aligned_windows
 
 if TYPE_CHECKING:
     from vllm import SamplingParams
@@ -154,14 +155,15 @@ class RealVllmLogitsProcessor(V1LogitsProcessor, V2LogitsProcessor):
             edt.apply_(logits, column("edt_t0"), column("edt_n"), column("edt_theta"))
         if run_real.any():
             rows = np.flatnonzero(run_real)
+            idx = torch.from_numpy(rows).to(logits.device)
             top_p = torch.ones(num_rows, dtype=torch.float32, device=logits.device)
-            top_p[torch.from_numpy(rows).to(logits.device)] = self._real_thresholds(rows, host_slots, column)
+            top_p[idx] = self._real_thresholds(rows, idx, host_slots, column)
             real.apply_(logits, top_p)
         return logits
 
-    def _real_thresholds(self, rows: np.ndarray, host_slots: np.ndarray, column) -> torch.Tensor:
-        """p_t of the REAL rows: one batched THF forward on each row's last tokens."""
-        idx = torch.from_numpy(rows).to(self.device)
+    def _real_thresholds(self, rows: np.ndarray, idx: torch.Tensor, host_slots: np.ndarray, column) -> torch.Tensor:
+        """p_t of the REAL rows (``idx``: the same rows on the device): one batched THF
+        forward on each row's last tokens."""
         p0, decay = column("real_p0")[idx], column("real_decay_temperature")[idx]
         if self.thf is None:
             if not self._warned_no_thf:
@@ -178,16 +180,8 @@ class RealVllmLogitsProcessor(V1LogitsProcessor, V2LogitsProcessor):
         width = self.thf.window
         slots = host_slots[rows]
         if self.req_states is None:  # V1: vLLM's token lists (a short slice per row)
-            windows = torch.zeros(len(rows), width, dtype=torch.long)
-            lengths = torch.empty(len(rows), dtype=torch.long)
-            for i, slot in enumerate(slots):
-                prompt, output = self.slots.tokens[slot]
-                recent = output[-width:]
-                if len(recent) < width:
-                    recent = prompt[-(width - len(recent)):] + recent
-                lengths[i] = len(recent)
-                if recent:
-                    windows[i, width - len(recent):] = torch.tensor(recent)
+            tails = [prompt[-width:] + output[-width:] for prompt, output in (self.slots.tokens[s] for s in slots)]
+            windows, lengths = right_aligned_windows(tails, width)
             return windows.to(self.device), lengths.to(self.device)
         # V2: gather from the runner's on-device token history, no host loop.
         slot_idx = torch.from_numpy(slots).to(self.device)

@@ -29,6 +29,19 @@ def resolve_checkpoint(explicit: str | os.PathLike | None = None) -> tuple[Path 
     return (SHIPPED_CHECKPOINT if SHIPPED_CHECKPOINT.is_dir() else None), False
 
 
+def right_aligned_windows(sequences: list[list[int]], width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The last ``width`` tokens of each sequence, right-aligned in a [R, width] tensor (left
+    padding with 0), and the real lengths [R]: the THF's input for each REAL row."""
+    windows = torch.zeros(len(sequences), width, dtype=torch.long)
+    lengths = torch.empty(len(sequences), dtype=torch.long)
+    for i, seq in enumerate(sequences):
+        recent = seq[-width:]
+        lengths[i] = len(recent)
+        if recent:
+            windows[i, width - len(recent):] = torch.tensor(recent)
+    return windows, lengths
+
+
 class TokenizerMismatch(ValueError):
     """The THF was trained with another tokenizer than the served model's."""
 
