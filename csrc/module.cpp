@@ -1,6 +1,6 @@
 // The Python module real_vllm._C is empty: importing it loads this library, whose
 // TORCH_LIBRARY block declares the op schemas and whose op files (entropy.cpp, edt.cpp,
-// temperature.cpp, top_p.cpp) register the CPU kernels as torch.ops.real_vllm.*.
+// temperature.cpp, top_p.cpp, sled.cpp) register the CPU kernels as torch.ops.real_vllm.*.
 #include <torch/extension.h>
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {}
@@ -13,4 +13,8 @@ TORCH_LIBRARY(real_vllm, m) {
   m.def("apply_edt_(Tensor(a!) logits, Tensor t0, Tensor n, Tensor theta, float min_scale)"
         " -> Tensor");
   m.def("top_p_mask_(Tensor(a!) logits, Tensor top_p) -> ()");
+  m.def("sled_stats_(Tensor logits, Tensor chunk, int offset, Tensor candidates, Tensor(a!) stats,"
+        " Tensor(b!) candidate_logits) -> ()");
+  m.def("sled_finish_(Tensor(a!) logits, Tensor stats, Tensor candidates, Tensor count,"
+        " Tensor candidate_logits, Tensor alpha, Tensor lower_bound) -> ()");
 }

@@ -6,6 +6,11 @@
     ops.apply_temperature(logits, temperature)            -> logits / T per row
     ops.apply_edt(logits, t0, n, theta)                   -> (logits / T, T), one fused kernel
     ops.top_p_mask(logits, top_p)                         -> -inf outside each row's nucleus
+    ops.sled_evolve(final, early, alpha, k, lower_bound)  -> SLED-evolved logits [B, V]
+    ops.sled_evolve_from_hidden(final, hidden, weight, alpha, k, lower_bound)
+                                                          -> the same from early hidden states,
+                                                             never holding [L, B, V]
+    ops.dola_contrast(final, early, relative_top)         -> (DoLa scores [B, V], layer [B])
 
 ``logits`` is [B, V] float32, bf16 or fp16 (computed in float32). Per-row parameters are a
 Python number (same for every row) or a [B] tensor. The ``inplace=True`` variants need
@@ -37,6 +42,9 @@ __all__ = [
     "apply_temperature",
     "apply_edt",
     "top_p_mask",
+    "sled_evolve",
+    "sled_evolve_from_hidden",
+    "dola_contrast",
 ]
 
 BACKENDS = ("auto", "reference", "cpu", "triton", "cuda")
@@ -47,9 +55,14 @@ class BackendUnavailable(RuntimeError):
 
 
 # --------------------------------------------------------------------------- backends
-# Every backend provides the same five primitives over contiguous float32 logits:
+# Every backend provides the same primitives over contiguous float32 logits:
 #   entropy(x) -> [B]; edt_temperature(x, t0, n, theta, min_scale) -> [B];
 #   apply_temperature_(x, t); apply_edt_(x, t0, n, theta, min_scale) -> [B]; top_p_mask_(x, p)
+# and SLED's two streaming steps (see sled_evolve_from_hidden), which the reference backend
+# does not need (it evolves from the full early logits):
+#   sled_stats_(x, early_chunk [L, B, C], offset, candidates [B, K], stats [5, L, B],
+#               candidate_logits [L, B, K]);
+#   sled_finish_(x, stats, candidates, num_candidates [B], candidate_logits, alpha, lower_bound)
 
 
 def _reference_backend() -> SimpleNamespace:
@@ -70,6 +83,8 @@ def _reference_backend() -> SimpleNamespace:
         apply_temperature_=apply_temperature_,
         apply_edt_=apply_edt_,
         top_p_mask_=top_p_mask_,
+        sled_stats_=None,
+        sled_finish_=None,
     )
 
 
@@ -89,13 +104,15 @@ def _cpu_backend() -> SimpleNamespace | str:
         apply_temperature_=o.apply_temperature_,
         apply_edt_=o.apply_edt_,
         top_p_mask_=o.top_p_mask_,
+        sled_stats_=getattr(o, "sled_stats_", None),  # None: an extension built before SLED
+        sled_finish_=getattr(o, "sled_finish_", None),
     )
 
 
 @functools.cache
 def _triton_backend() -> SimpleNamespace | str:
     try:
-        from real_vllm.kernels import edt, entropy, temperature, top_p
+        from real_vllm.kernels import edt, entropy, sled, temperature, top_p
     except ImportError as e:
         return f"Triton is not importable ({e})"
     return SimpleNamespace(
@@ -104,6 +121,8 @@ def _triton_backend() -> SimpleNamespace | str:
         apply_temperature_=temperature.apply_temperature_,
         apply_edt_=edt.apply_edt_,
         top_p_mask_=top_p.top_p_mask_,
+        sled_stats_=sled.sled_stats_,
+        sled_finish_=sled.sled_finish_,
     )
 
 
@@ -244,3 +263,146 @@ def top_p_mask(
     p = _per_row("top_p", top_p, x)
     _resolve(backend, x.device).top_p_mask_(x, p)
     return x
+
+
+# --------------------------------------------------------------------------- SLED, DoLa
+#
+# SLED streams over the vocabulary: per early layer n and row it needs only
+#   m = max l_n, z = sum e^(l_n - m), a = sum (l_n - l_N) e^(l_n - m), s = sum e^(2 (l_n - m)),
+#   dd = sum (l_n - l_N)^2        (the "stats", [5, L, B], merged chunk by chunk)
+# and l_n at the k candidates, because (ALGORITHMS.md §3)
+#   (l_n - l_N) . (p_n - e_i) = a / z - (l_n - l_N)_i,  |p_n - e_i|^2 = s / z^2 - 2 p_n(i) + 1,
+#   |l_n - l_N|^2 = dd.
+# So the early logits are produced one vocabulary chunk at a time (one GEMM for all layers
+# and rows) and dropped after the chunk's reduction.
+
+SLED_STATS = 5  # m, z, a, s, dd
+SLED_CHUNK = 16384  # vocabulary rows of lm_head per GEMM: [L * B, CHUNK] float32 at a time
+
+
+def _sled_candidates(x: torch.Tensor, k) -> tuple[torch.Tensor, torch.Tensor]:
+    """The top-k candidates of each row (masked tokens never are one) and how many a row has:
+    0 for a row that is left alone (NaN or +inf in it, or nothing finite)."""
+    batch = x.shape[0]
+    k = _per_row("k", k, x)
+    if (k < 1).any() or (k != k.round()).any():
+        raise ValueError("k must be whole numbers >= 1")
+    k = k.to(torch.int64)
+    finite = (x > float("-inf")).sum(dim=1)
+    bad = torch.isnan(x).any(dim=1) | (x == float("inf")).any(dim=1)
+    count = torch.where(bad, torch.zeros_like(k), torch.minimum(k, finite))
+    width = int(count.max()) if batch else 0
+    candidates = torch.topk(x, max(width, 1), dim=1).indices[:, :width].contiguous()
+    return candidates, count
+
+
+def _check_early(name: str, t: torch.Tensor, x: torch.Tensor, last: int | None) -> None:
+    if not isinstance(t, torch.Tensor) or t.dim() != 3 or t.shape[1] != x.shape[0]:
+        raise ValueError(
+            f"{name} must be [layers, {x.shape[0]}, {'vocab' if last is None else 'hidden'}],"
+            f" got {tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}"
+        )
+    if last is not None and t.shape[2] != last:
+        raise ValueError(f"{name} must be [layers, batch, {last}], got {tuple(t.shape)}")
+    if t.shape[0] == 0:
+        raise ValueError(f"{name} must hold at least one early layer")
+    if t.device != x.device:
+        raise ValueError(f"{name} is on {t.device}, the logits on {x.device}")
+
+
+def _sled_streaming(x, chunks, layers, alpha, k, lower_bound, impl) -> None:
+    """Run SLED in place on x from an iterator of (offset, early logits [L, B, C] float32)."""
+    batch = x.shape[0]
+    candidates, count = _sled_candidates(x, k)
+    alpha = _per_row("alpha", alpha, x)
+    lower_bound = _per_row("lower_bound", lower_bound, x)
+    stats = torch.zeros(SLED_STATS, layers, batch, dtype=torch.float32, device=x.device)
+    stats[0].fill_(float("-inf"))
+    candidate_logits = torch.zeros(layers, batch, candidates.shape[1], dtype=torch.float32, device=x.device)
+    for offset, chunk in chunks:
+        impl.sled_stats_(x, chunk, offset, candidates, stats, candidate_logits)
+    impl.sled_finish_(x, stats, candidates, count, candidate_logits, alpha, lower_bound)
+
+
+def sled_evolve(
+    final_logits: torch.Tensor,
+    early_logits: torch.Tensor,
+    alpha=2.0,
+    k=10,
+    lower_bound=-1000.0,
+    *,
+    inplace: bool = False,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """SLED (arXiv 2411.02433): evolve final logits [B, V] with early-layer logits [L, B, V].
+
+    The k most probable tokens get l_N - alpha * (softmax(l_N) - P_latent); every other
+    finite token gets lower_bound. alpha, k, lower_bound: numbers or [B] tensors.
+    """
+    x = _check_logits(final_logits, inplace)
+    _check_early("early_logits", early_logits, x, None)
+    if early_logits.shape[2] != x.shape[1]:
+        raise ValueError(f"early_logits vocab {early_logits.shape[2]} != logits vocab {x.shape[1]}")
+    impl = _resolve(backend, x.device)
+    if impl.sled_stats_ is None:
+        _sled_candidates(x, k)  # the same argument checks as the fast paths
+        _per_row("alpha", alpha, x), _per_row("lower_bound", lower_bound, x)
+        x.copy_(reference.sled_evolve(x, early_logits, alpha, k, lower_bound))
+        return x
+    early = early_logits.to(torch.float32).contiguous()
+    _sled_streaming(x, [(0, early)], early.shape[0], alpha, k, lower_bound, impl)
+    return x
+
+
+def sled_evolve_from_hidden(
+    final_logits: torch.Tensor,
+    early_hidden: torch.Tensor,
+    lm_head_weight: torch.Tensor,
+    alpha=2.0,
+    k=10,
+    lower_bound=-1000.0,
+    *,
+    logit_scale: float = 1.0,
+    chunk: int = SLED_CHUNK,
+    inplace: bool = False,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """SLED from the early residual streams [L, B, H] and lm_head's weight [>= V, H].
+
+    The early logits (logit_scale * h_n W^T) are made one vocabulary chunk at a time, all
+    layers and rows in one GEMM that reads each weight row once, and reduced right away: the
+    memory beyond the output is [L, B, chunk], whatever the vocabulary.
+    """
+    x = _check_logits(final_logits, inplace)
+    vocab = x.shape[1]
+    if lm_head_weight.dim() != 2 or lm_head_weight.shape[0] < vocab:
+        raise ValueError(f"lm_head_weight must be [>= {vocab}, hidden], got {tuple(lm_head_weight.shape)}")
+    _check_early("early_hidden", early_hidden, x, lm_head_weight.shape[1])
+    impl = _resolve(backend, x.device)
+    layers, batch, hidden = early_hidden.shape
+    flat = early_hidden.reshape(layers * batch, hidden).to(lm_head_weight.dtype)
+
+    def project(start: int, stop: int) -> torch.Tensor:
+        logits = flat @ lm_head_weight[start:stop].T
+        if logit_scale != 1.0:
+            logits = logits * logit_scale
+        return logits.to(torch.float32).reshape(layers, batch, stop - start)
+
+    if impl.sled_stats_ is None:
+        return sled_evolve(x, project(0, vocab), alpha, k, lower_bound, inplace=True, backend=backend)
+    chunks = ((start, project(start, min(start + chunk, vocab))) for start in range(0, vocab, chunk))
+    _sled_streaming(x, chunks, layers, alpha, k, lower_bound, impl)
+    return x
+
+
+def dola_contrast(
+    final_logits: torch.Tensor, early_logits: torch.Tensor, relative_top=0.1
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """DoLa (arXiv 2309.03883): (scores [B, V], the chosen premature layer [B]).
+
+    One implementation for every device: a handful of vectorised torch reductions over the
+    candidate layers' logits, which DoLa needs in full anyway (the JSD and the contrast).
+    """
+    x = _check_logits(final_logits, inplace=False, read_only=True)
+    _check_early("early_logits", early_logits, x, None)
+    return reference.dola_contrast(x, early_logits, relative_top)

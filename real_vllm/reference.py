@@ -14,7 +14,15 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["entropy", "edt_temperature", "apply_temperature", "apply_edt", "top_p_mask"]
+__all__ = [
+    "entropy",
+    "edt_temperature",
+    "apply_temperature",
+    "apply_edt",
+    "top_p_mask",
+    "sled_evolve",
+    "dola_contrast",
+]
 
 
 def _per_row(value, batch: int) -> torch.Tensor:
@@ -90,3 +98,85 @@ def top_p_mask(logits: torch.Tensor, top_p) -> torch.Tensor:
     out = torch.where(x >= threshold, x, torch.full_like(x, float("-inf")))
     unchanged = (p >= 1) | _bad_rows(x) | (x == float("-inf")).all(dim=-1)
     return torch.where(unchanged.unsqueeze(1), x, out)
+
+
+# --------------------------------------------------------------------------- SLED and DoLa
+#
+# Rows of the final logits that are masked (-inf, e.g. by min_tokens or a grammar) stay masked:
+# they are never SLED candidates, and they carry no divergence information (their terms are
+# left out of the sums over the vocabulary). A row holding a NaN or +inf is left unchanged, as
+# top_p_mask does. On unmasked rows this is exactly ALGORITHMS.md §3 and §4.
+
+
+def _cosine(dot: torch.Tensor, norm_sq_a: torch.Tensor, norm_sq_b: torch.Tensor) -> torch.Tensor:
+    """dot / (|a| |b|), 0 where either vector is zero (no direction, no vote)."""
+    denom = torch.sqrt(norm_sq_a * norm_sq_b)
+    return torch.where(denom > 0, dot / denom.clamp_min(1e-30), torch.zeros_like(dot))
+
+
+def sled_evolve(final_logits, early_logits, alpha=2.0, k=10, lower_bound=-1000.0) -> torch.Tensor:
+    """SLED, Self Logits Evolution Decoding (Zhang et al., arXiv 2411.02433), one row at a time.
+
+    final_logits [B, V], early_logits [L, B, V] (lm_head of the early residual streams).
+    For the top-k tokens I of softmax(l_N) and every early layer n:
+        c_{n,i} = cos(l_n - l_N, softmax(l_n) - e_i),  m_{n,i} = max(c, 0) ** 2
+        P(i) = sum_n m_{n,i} / sum_n sum_{j in I} m_{n,j}    (0 if every m is 0)
+        l'(i) = l_N(i) - alpha * (softmax(l_N)(i) - P(i)),   l'(v) = lower_bound for v not in I.
+    """
+    x = final_logits.float()
+    early = early_logits.float()
+    batch, vocab = x.shape
+    alpha, k, lower_bound = (_per_row(v, batch) for v in (alpha, k, lower_bound))
+    out = x.clone()
+    for b in range(batch):
+        row = x[b]
+        finite = row > float("-inf")
+        if _bad_rows(row[None])[0] or not finite.any():
+            continue
+        kb = int(min(int(k[b]), int(finite.sum())))
+        candidates = torch.topk(row, kb).indices
+        p_final = torch.softmax(row, dim=-1)
+        diff = torch.where(finite, early[:, b] - row, torch.zeros_like(early[:, b]))  # [L, V]
+        p_early = torch.softmax(early[:, b], dim=-1)  # [L, V]
+        onehot = torch.zeros(kb, vocab)
+        onehot[torch.arange(kb), candidates] = 1.0
+        grad = p_early[:, None, :] - onehot[None]  # [L, k, V]: the gradient of CE at e_i
+        dot = (diff[:, None, :] * grad).sum(-1)
+        cos = _cosine(dot, (diff**2).sum(-1)[:, None], (grad**2).sum(-1))
+        weight = cos.clamp_min(0) ** 2  # [L, k]
+        total = weight.sum()
+        latent = weight.sum(0) / total if total > 0 else torch.zeros(kb)
+        out[b] = torch.where(finite, lower_bound[b], float("-inf"))
+        out[b, candidates] = row[candidates] - alpha[b] * (p_final[candidates] - latent)
+    return out
+
+
+def dola_contrast(final_logits, early_logits, relative_top=0.1):
+    """DoLa (Chuang et al., arXiv 2309.03883): contrast the final layer with the premature
+    layer M that diverges most from it (Jensen-Shannon), on the plausible tokens.
+
+        M = argmax_j JSD(q_N || q_j)
+        score(x) = log q_N(x) - log q_M(x)  if q_N(x) >= relative_top * max q_N,  else -inf
+
+    Returns (scores [B, V], M [B] as an index into early_logits' first dimension). The first
+    layer wins a tie. Rows with a NaN or +inf (or all -inf) are returned unchanged.
+    """
+    x = final_logits.float()
+    early = early_logits.float()
+    batch = x.shape[0]
+    relative_top = _per_row(relative_top, batch)
+    log_q = torch.log_softmax(x, dim=-1)  # [B, V]
+    log_e = torch.log_softmax(early, dim=-1)  # [L, B, V]
+    q, e = log_q.exp(), log_e.exp()
+    log_m = torch.log(0.5 * (q[None] + e))
+
+    def kl(p, log_p):  # sum p (log p - log m), 0 log 0 = 0
+        return torch.where(p > 0, p * (log_p - log_m), torch.zeros_like(log_m)).sum(-1)
+
+    jsd = 0.5 * kl(q[None], log_q[None]) + 0.5 * kl(e, log_e)  # [L, B]
+    premature = jsd.argmax(dim=0)
+    log_q_m = log_e[premature, torch.arange(batch)]
+    keep = log_q >= log_q.max(dim=-1, keepdim=True).values + torch.log(relative_top)[:, None]
+    scores = torch.where(keep, log_q - log_q_m, torch.full_like(x, float("-inf")))
+    unchanged = _bad_rows(x) | (x == float("-inf")).all(dim=-1)
+    return torch.where(unchanged[:, None], x, scores), premature

@@ -36,7 +36,11 @@ def register() -> None:
             ", ".join(VERIFIED_VLLM),
         )
         return
+    from real_vllm.integration.early_layers import register_all
+
+    register_all()
     _add_sampler_flag(EngineArgs)
+    _hook_engine_config(EngineArgs)
 
 
 def _add_sampler_flag(engine_args_cls) -> None:
@@ -65,13 +69,41 @@ def _add_sampler_flag(engine_args_cls) -> None:
             help="THF checkpoint for REAL sampling (default: the one shipped for the "
             "embedded default model, if it applies).",
         )
+        group.add_argument(
+            "--sled-layers",
+            default=None,
+            metavar="LAYERS",
+            help="Early layers SLED reads: all (default), every:K, or a list like 0,8,16 "
+            "(0 = embeddings).",
+        )
+        group.add_argument(
+            "--dola-layers",
+            default=None,
+            metavar="LAYERS",
+            help="DoLa's candidate premature layers: high (default), low, or a list.",
+        )
+        for method, default in (("sled", "off"), ("dola", "on")):
+            group.add_argument(
+                f"--{method}-early-norm",
+                choices=("on", "off"),
+                default=None,
+                help=f"Apply the final norm to the early layers {method.upper() if method == 'sled' else 'DoLa'} "
+                f"reads, before lm_head (default: {default}).",
+            )
         return parser
 
     @functools.wraps(original_from)
     def from_cli_args(cls, args):
         engine_args = original_from(cls, args)
         config = dict(engine_args.additional_config or {})
-        for flag, key in (("--sampler", "sampler"), ("--real-thf", "real_thf")):
+        for flag, key in (
+            ("--sampler", "sampler"),
+            ("--real-thf", "real_thf"),
+            ("--sled-layers", "sled_layers"),
+            ("--dola-layers", "dola_layers"),
+            ("--sled-early-norm", "sled_early_norm"),
+            ("--dola-early-norm", "dola_early_norm"),
+        ):
             value = getattr(args, key, None)
             if value is None:
                 continue
@@ -89,3 +121,46 @@ def _add_sampler_flag(engine_args_cls) -> None:
     engine_args_cls.add_cli_args = staticmethod(add_cli_args)
     engine_args_cls.from_cli_args = classmethod(from_cli_args)
     setattr(engine_args_cls, _PATCHED, True)
+
+
+def _hook_engine_config(engine_args_cls) -> None:
+    """Before vLLM builds the engine config: when the server's sampler needs early layers,
+    switch the model to its early-layer wrapper (an hf_overrides callable) and refuse the
+    combinations that cannot work; after: record, for validate_params in this process,
+    whether SLED/DoLa requests can be served."""
+    from real_vllm.integration import early_layers
+    from real_vllm.methods import uses_early_layers
+    from real_vllm.methods.early_layers import EarlyLayerSettings
+
+    original = engine_args_cls.create_engine_config
+
+    @functools.wraps(original)
+    def create_engine_config(self, *args, **kwargs):
+        extra = self.additional_config or {}
+        sampler = extra.get("sampler", "none")
+        if sampler != "none" and self.speculative_config:
+            # vLLM's V1 runner drops custom logits processors under speculative decoding.
+            raise ValueError(
+                f"real_vllm: --sampler {sampler} cannot run with speculative decoding "
+                "(vLLM does not apply logits processors to draft tokens); drop one of them"
+            )
+        needs_early = isinstance(sampler, str) and uses_early_layers(sampler)
+        if needs_early:
+            try:
+                settings = EarlyLayerSettings.from_config(extra)
+            except ValueError as e:
+                raise ValueError(f"real_vllm: {e}") from None
+            if (self.pipeline_parallel_size or 1) > 1:
+                raise ValueError(
+                    f"real_vllm: --sampler {sampler} needs every early layer on the last pipeline "
+                    "stage; pipeline parallelism is not supported with it (use tensor parallelism)"
+                )
+            if not isinstance(self.hf_overrides, early_layers.EarlyLayerOverrides):
+                self.hf_overrides = early_layers.EarlyLayerOverrides(settings, self.hf_overrides)
+        config = original(self, *args, **kwargs)
+        if needs_early:
+            early_layers.check_wrapped(config.model_config.hf_config)
+        early_layers.SERVED["early_layers"] = needs_early
+        return config
+
+    engine_args_cls.create_engine_config = create_engine_config

@@ -28,7 +28,7 @@ from vllm.v1.worker.gpu.sample.logits_processor.interface import (
 )
 
 from real_vllm.integration.state import SlotTable
-from real_vllm.methods import PARAM_PREFIXES, SAMPLERS, SamplerRequest, edt, parse_sampler_args, real
+from real_vllm.methods import SERVER_KEYS, PARAM_PREFIXES, SAMPLERS, SamplerRequest, edt, parse_sampler_args, real
 from real_vllm.thf.runtime import right_aligned_windows
 
 if TYPE_CHECKING:
@@ -48,7 +48,11 @@ THF_KEY = "real_thf"
 def server_defaults(vllm_config: VllmConfig) -> dict[str, Any]:
     """The sampler settings in ``additional_config``, validated (a bad one stops start-up)."""
     extra = dict(getattr(vllm_config, "additional_config", None) or {})
-    defaults = {k: v for k, v in extra.items() if k == "sampler" or (k.startswith(PARAM_PREFIXES) and k != THF_KEY)}
+    defaults = {
+        k: v
+        for k, v in extra.items()
+        if k == "sampler" or (k.startswith(PARAM_PREFIXES) and k not in (THF_KEY, *SERVER_KEYS))
+    }
     try:
         parse_sampler_args(defaults)
     except ValueError as e:

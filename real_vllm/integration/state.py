@@ -18,15 +18,22 @@ COLUMNS: dict[str, dict[str, float]] = {
     "edt": {"edt_t0": 1.0, "edt_n": 0.8, "edt_theta": 0.0},
     "real": {"real_p0": 1.0, "real_decay_temperature": 1.0},
 }
+EARLY_COLUMNS: dict[str, dict[str, float]] = {
+    "sled": {"sled_alpha": 0.0, "sled_k": 1.0, "sled_lower_bound": -1000.0},
+    "dola": {"dola_relative_top": 1.0},
+}
 
 
 class SlotTable:
-    def __init__(self, num_slots: int, device: torch.device, pin_memory: bool = False):
+    """Slot-indexed parameters of the methods in ``columns`` (COLUMNS or EARLY_COLUMNS)."""
+
+    def __init__(self, num_slots: int, device: torch.device, pin_memory: bool = False, columns=COLUMNS):
         self.device = torch.device(device)
-        self.runs = {m: np.zeros(num_slots, dtype=bool) for m in COLUMNS}
+        self.columns = columns
+        self.runs = {m: np.zeros(num_slots, dtype=bool) for m in columns}
         self._host = {
             col: torch.full((num_slots,), ident, dtype=torch.float32, pin_memory=pin_memory)
-            for cols in COLUMNS.values()
+            for cols in columns.values()
             for col, ident in cols.items()
         }
         # V1 only: (prompt ids, live output ids) of each slot's request, for REAL's window.
@@ -39,7 +46,7 @@ class SlotTable:
         """Store a request's parameters (and, on V1, its token lists) in ``slot``; returns
         whether any method runs."""
         self.tokens[slot] = tokens
-        for method, cols in COLUMNS.items():
+        for method, cols in self.columns.items():
             config = getattr(request, method)
             self.runs[method][slot] = config is not None
             for col, ident in cols.items():

@@ -12,20 +12,29 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from real_vllm.methods.dola import DoLaConfig
+from real_vllm.methods.early_layers import SERVER_KEYS
 from real_vllm.methods.edt import EDTConfig
 from real_vllm.methods.params import _show
 from real_vllm.methods.real import REALConfig
+from real_vllm.methods.sled import SLEDConfig
 
-# sampler name -> the methods it runs, in order
+# The early-layer methods replace the logits (they run first, before vLLM's penalties and
+# temperature); then EDT's temperature; then REAL's nucleus on the scaled logits.
+EARLY_METHODS = ("sled", "dola")
+LATE_CHOICES = ((), ("edt",), ("real",), ("edt", "real"))
+# sampler name -> the methods it runs, in order: none, edt, real, edt+real, sled, sled+edt, ...
 SAMPLERS: dict[str, tuple[str, ...]] = {
-    "none": (),
-    "edt": ("edt",),
-    "real": ("real",),
-    "edt+real": ("edt", "real"),  # EDT's temperature, then REAL's nucleus on the scaled logits
+    "+".join(methods) or "none": methods
+    for methods in (early + late for early in ((), *((m,) for m in EARLY_METHODS)) for late in LATE_CHOICES)
 }
-METHOD_CONFIGS = {"edt": EDTConfig, "real": REALConfig}
+METHOD_CONFIGS = {"edt": EDTConfig, "real": REALConfig, "sled": SLEDConfig, "dola": DoLaConfig}
 PARAM_PREFIXES = tuple(f"{m}_" for m in METHOD_CONFIGS)
 KNOWN_PARAMS = ("sampler", *(k for c in METHOD_CONFIGS.values() for k in c.PARAMS))
+
+
+def uses_early_layers(sampler: str) -> bool:
+    return any(m in EARLY_METHODS for m in SAMPLERS.get(sampler, ()))
 
 
 @dataclass(frozen=True)
@@ -35,6 +44,8 @@ class SamplerRequest:
     sampler: str = "none"
     edt: EDTConfig | None = None
     real: REALConfig | None = None
+    sled: SLEDConfig | None = None
+    dola: DoLaConfig | None = None
 
     @property
     def methods(self) -> tuple[str, ...]:
@@ -52,7 +63,9 @@ def parse_sampler_args(
     """
     merged = {**(defaults or {}), **(args or {})}
     for key in merged:
-        if isinstance(key, str) and key.startswith(PARAM_PREFIXES) and key not in KNOWN_PARAMS:
+        if key in SERVER_KEYS and args and key in args:
+            raise ValueError(f"{key} is a server setting (--{key.replace('_', '-')}), not a request parameter")
+        if isinstance(key, str) and key.startswith(PARAM_PREFIXES) and key not in KNOWN_PARAMS + SERVER_KEYS:
             raise ValueError(f"unknown parameter {key!r}; known: {', '.join(KNOWN_PARAMS)}")
     sampler = merged.get("sampler", "none")
     if not isinstance(sampler, str) or sampler not in SAMPLERS:

@@ -43,3 +43,14 @@ def require_number(
 def _show(value: Any, limit: int = 40) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def require_integer(name: str, value: Any, *, ge: int | None = None, le: int | None = None) -> int:
+    """``value`` as an int within the bounds (2.0 is accepted, 2.5 is not), or a ValueError."""
+    number = require_number(name, value)
+    if number != int(number):
+        raise ValueError(f"{name} must be an integer, got {number:g}")
+    if ge is not None and number < ge or le is not None and number > le:
+        wanted = " and ".join(t for t in (f">= {ge}" if ge is not None else "", f"<= {le}" if le is not None else "") if t)
+        raise ValueError(f"{name} must be {wanted}, got {number:g}")
+    return int(number)

@@ -1,0 +1,200 @@
+// SLED, Self Logits Evolution Decoding (Zhang et al., arXiv 2411.02433; ALGORITHMS.md §3), in
+// two streaming steps so that early-layer logits are never held for the whole vocabulary:
+//
+//   sled_stats_: merge one vocabulary chunk of the early logits [L, B, C] into per-(layer, row)
+//     statistics against the final logits x:  m = max l_n, z = sum e^(l_n - m),
+//     a = sum (l_n - x) e^(l_n - m), s = sum e^(2 (l_n - m)), dd = sum (l_n - x)^2
+//     (masked tokens, x = -inf, are left out of a and dd), and pick up l_n at the candidates;
+//   sled_finish_: the cosines c_{n,i} = cos(l_n - x, p_n - e_i) from those scalars, P_latent,
+//     and the evolution of each row in place.
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+
+#include "checks.h"
+#include "row_stats.h"
+
+namespace real_vllm {
+namespace {
+
+enum Stat { kMax = 0, kZ, kA, kS, kDD, kNumStats };
+
+struct ChunkSums {
+  double z = 0, a = 0, s = 0, dd = 0;
+};
+
+// The sums of one (layer, row) over a chunk, against the chunk's running max m.
+REAL_VLLM_ROW_KERNEL ChunkSums chunk_sums(const float* early, const float* final_row, int64_t n,
+                                         float m) {
+  double z = 0, a = 0, s = 0, dd = 0;
+#pragma omp simd reduction(+ : z, a, s, dd)
+  for (int64_t v = 0; v < n; ++v) {
+    const float e = exp_nonpos(early[v] - m);
+    const float d = final_row[v] > -kInf ? early[v] - final_row[v] : 0.0f;
+    z += e;
+    a += d * e;
+    s += e * e;
+    dd += d * d;
+  }
+  return {z, a, s, dd};
+}
+
+REAL_VLLM_ROW_KERNEL float chunk_max(const float* x, int64_t n) {
+  float mx = -kInf;
+#pragma omp simd reduction(max : mx)
+  for (int64_t v = 0; v < n; ++v) mx = x[v] > mx ? x[v] : mx;
+  return mx;
+}
+
+void sled_stats_(const at::Tensor& logits, const at::Tensor& chunk, int64_t offset,
+                 const at::Tensor& candidates, at::Tensor& stats, at::Tensor& candidate_logits) {
+  const char* op = "real_vllm::sled_stats_";
+  check_logits(logits, op);
+  const int64_t batch = logits.size(0), vocab = logits.size(1);
+  TORCH_CHECK(chunk.scalar_type() == at::kFloat && chunk.is_contiguous() && chunk.dim() == 3 &&
+                  chunk.size(1) == batch && chunk.device().is_cpu(),
+              op, ": chunk must be contiguous float32 [layers, ", batch, ", C] on the CPU, got ",
+              chunk.sizes());
+  const int64_t layers = chunk.size(0), width = chunk.size(2);
+  TORCH_CHECK(offset >= 0 && offset + width <= vocab, op, ": columns ", offset, "..",
+              offset + width, " are outside the vocabulary of ", vocab);
+  TORCH_CHECK(candidates.scalar_type() == at::kLong && candidates.is_contiguous() &&
+                  candidates.dim() == 2 && candidates.size(0) == batch,
+              op, ": candidates must be contiguous int64 [", batch, ", K]");
+  const int64_t k = candidates.size(1);
+  TORCH_CHECK(stats.scalar_type() == at::kFloat && stats.is_contiguous() &&
+                  stats.sizes() == at::IntArrayRef({kNumStats, layers, batch}),
+              op, ": stats must be contiguous float32 [5, ", layers, ", ", batch, "]");
+  TORCH_CHECK(candidate_logits.scalar_type() == at::kFloat && candidate_logits.is_contiguous() &&
+                  candidate_logits.sizes() == at::IntArrayRef({layers, batch, k}),
+              op, ": candidate_logits must be contiguous float32 [", layers, ", ", batch, ", ", k,
+              "]");
+  const float* x = logits.const_data_ptr<float>();
+  const float* early = chunk.const_data_ptr<float>();
+  const int64_t* cand = candidates.const_data_ptr<int64_t>();
+  float* st = stats.mutable_data_ptr<float>();
+  float* cl = candidate_logits.mutable_data_ptr<float>();
+  const int64_t pairs = layers * batch;
+
+  at::parallel_for(0, pairs, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      const int64_t b = p % batch;
+      const float* e = early + p * width;
+      const float* f = x + b * vocab + offset;
+      float& m = st[kMax * pairs + p];
+      float& z = st[kZ * pairs + p];
+      float& a = st[kA * pairs + p];
+      float& s = st[kS * pairs + p];
+      const float new_max = std::max(m, chunk_max(e, width));
+      if (new_max > m && m > -kInf) {  // move the sums onto the new max
+        const double r = std::exp(double(m) - double(new_max));
+        z = float(z * r);
+        a = float(a * r);
+        s = float(s * r * r);
+      }
+      m = new_max;
+      if (m > -kInf) {
+        const ChunkSums cs = chunk_sums(e, f, width, m);
+        z = float(z + cs.z);
+        a = float(a + cs.a);
+        s = float(s + cs.s);
+        st[kDD * pairs + p] = float(st[kDD * pairs + p] + cs.dd);
+      }
+      for (int64_t j = 0; j < k; ++j) {
+        const int64_t i = cand[b * k + j] - offset;
+        if (i >= 0 && i < width) cl[p * k + j] = e[i];
+      }
+    }
+  });
+}
+
+// Finite entries -> lower_bound; masked ones stay -inf.
+REAL_VLLM_ROW_KERNEL void fill_finite(float* row, int64_t n, float value) {
+#pragma omp simd
+  for (int64_t v = 0; v < n; ++v) row[v] = row[v] > -kInf ? value : row[v];
+}
+
+void sled_finish_(at::Tensor& logits, const at::Tensor& stats, const at::Tensor& candidates,
+                  const at::Tensor& count, const at::Tensor& candidate_logits,
+                  const at::Tensor& alpha, const at::Tensor& lower_bound) {
+  const char* op = "real_vllm::sled_finish_";
+  check_logits(logits, op);
+  check_row_param(alpha, "alpha", logits, op);
+  check_row_param(lower_bound, "lower_bound", logits, op);
+  const int64_t batch = logits.size(0), vocab = logits.size(1);
+  TORCH_CHECK(candidates.scalar_type() == at::kLong && candidates.is_contiguous() &&
+                  candidates.dim() == 2 && candidates.size(0) == batch,
+              op, ": candidates must be contiguous int64 [", batch, ", K]");
+  const int64_t k = candidates.size(1);
+  TORCH_CHECK(count.scalar_type() == at::kLong && count.is_contiguous() &&
+                  count.sizes() == at::IntArrayRef({batch}),
+              op, ": count must be contiguous int64 [", batch, "]");
+  TORCH_CHECK(stats.scalar_type() == at::kFloat && stats.is_contiguous() && stats.dim() == 3 &&
+                  stats.size(0) == kNumStats && stats.size(2) == batch,
+              op, ": stats must be contiguous float32 [5, layers, ", batch, "]");
+  const int64_t layers = stats.size(1);
+  TORCH_CHECK(candidate_logits.scalar_type() == at::kFloat && candidate_logits.is_contiguous() &&
+                  candidate_logits.sizes() == at::IntArrayRef({layers, batch, k}),
+              op, ": candidate_logits must be contiguous float32 [", layers, ", ", batch, ", ", k,
+              "]");
+  float* x = logits.mutable_data_ptr<float>();
+  const float* st = stats.const_data_ptr<float>();
+  const int64_t* cand = candidates.const_data_ptr<int64_t>();
+  const int64_t* cnt = count.const_data_ptr<int64_t>();
+  const float* cl = candidate_logits.const_data_ptr<float>();
+  const float* al = alpha.const_data_ptr<float>();
+  const float* lb = lower_bound.const_data_ptr<float>();
+  const int64_t pairs = layers * batch;
+
+  at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+    std::vector<double> latent(k);
+    std::vector<float> evolved(k);
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t c = std::min(cnt[b], k);
+      if (c <= 0) continue;
+      float* row = x + b * vocab;
+      const int64_t* ids = cand + b * k;
+      for (int64_t j = 0; j < c; ++j) {
+        TORCH_CHECK(ids[j] >= 0 && ids[j] < vocab, op, ": candidate ", ids[j], " is outside the vocabulary");
+      }
+      const SoftmaxStats fs = softmax_stats(row, vocab);
+      const double log_z = double(fs.max) + std::log(fs.z);
+      double total = 0;
+      std::fill(latent.begin(), latent.begin() + c, 0.0);
+      for (int64_t l = 0; l < layers; ++l) {
+        const int64_t p = l * batch + b;
+        const double z = st[kZ * pairs + p], m = st[kMax * pairs + p];
+        const double mean_d = st[kA * pairs + p] / z;        // (l_n - x) . p_n
+        const double p_sq = st[kS * pairs + p] / (z * z);    // |p_n|^2
+        const double d_sq = st[kDD * pairs + p];             // |l_n - x|^2
+        for (int64_t j = 0; j < c; ++j) {
+          const double e = cl[p * k + j];
+          const double prob = std::exp(e - m) / z;
+          const double dot = mean_d - (e - double(row[ids[j]]));
+          const double denom = std::sqrt(d_sq * (p_sq - 2.0 * prob + 1.0));
+          const double cos = denom > 0 ? dot / denom : 0.0;
+          const double w = cos > 0 ? cos * cos : 0.0;
+          latent[j] += w;
+          total += w;
+        }
+      }
+      for (int64_t j = 0; j < c; ++j) {
+        const double l_final = row[ids[j]];
+        const double p_latent = total > 0 ? latent[j] / total : 0.0;
+        evolved[j] = float(l_final - double(al[b]) * (std::exp(l_final - log_z) - p_latent));
+      }
+      fill_finite(row, vocab, lb[b]);
+      for (int64_t j = 0; j < c; ++j) row[ids[j]] = evolved[j];
+    }
+  });
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(real_vllm, CPU, m) {
+  m.impl("sled_stats_", &sled_stats_);
+  m.impl("sled_finish_", &sled_finish_);
+}
+
+}  // namespace real_vllm
