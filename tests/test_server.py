@@ -63,6 +63,9 @@ BAD_XARGS = [
     ({"sampler": "edt", "edt_theta": -0.5}, "edt_theta"),
     ({"sampler": "edt", "edt_theta": [1, 2]}, "edt_theta"),
     ({"edt_tzero": 0.7}, "edt_tzero"),
+    # SLED/DoLa need a server that computes early layers (--sampler sled / dola)
+    ({"sampler": "sled"}, "sled"),
+    ({"sampler": "dola+edt"}, "dola+edt"),
 ]
 
 
@@ -100,8 +103,11 @@ HOSTILE_VALUES = [
 HOSTILE_KEYS = [
     "sampler", "edt_t0", "edt_n", "edt_theta", "real_p0", "real_decay_temperature",
     "edt_bogus", "real_thf", "real_", "unknown_key", "", "k" * 300,
+    "sled_alpha", "sled_k", "sled_lower_bound", "dola_relative_top", "sled_layers", "dola_early_norm",
 ]
-HOSTILE_SAMPLERS = ["none", "edt", "real", "edt+real", "sled", "EDT", " edt", "edt ", "none\x00", "é"]
+HOSTILE_SAMPLERS = [
+    "none", "edt", "real", "edt+real", "sled", "dola", "sled+edt+real", "EDT", " edt", "edt ", "none\x00", "é"
+]
 
 
 def hostile_xargs(rng):
@@ -116,6 +122,10 @@ def hostile_xargs(rng):
 
 
 def test_fuzzed_xargs_never_give_500_nor_disturb_other_requests(client, server):
+    fuzz(client, server, {"sampler": "edt", "edt_t0": 0.8})
+
+
+def fuzz(client, server, good_xargs):
     """Random hostile vllm_xargs: every answer is 200 or a 400 with a message; the engine
     stays up; a well-formed seeded request gives the same tokens after each bad one as before
     any. Bounded for make test (REAL_VLLM_FUZZ_REQUESTS, default 100; e.g. 3000 for a long run)."""
@@ -124,7 +134,7 @@ def test_fuzzed_xargs_never_give_500_nor_disturb_other_requests(client, server):
 
     seed = int(os.environ.get("REAL_VLLM_TEST_SEED", random.randrange(2**31)))
     rng = random.Random(seed)
-    reference_text = complete(client, {"sampler": "edt", "edt_t0": 0.8}, seed=3, max_tokens=8)
+    reference_text = complete(client, good_xargs, seed=3, max_tokens=8)
     for i in range(int(os.environ.get("REAL_VLLM_FUZZ_REQUESTS", 100))):
         xargs = hostile_xargs(rng)
         status, body = post_raw(server, client, xargs)
@@ -132,4 +142,4 @@ def test_fuzzed_xargs_never_give_500_nor_disturb_other_requests(client, server):
         if status == 400:
             assert json.loads(body)["error"]["message"], f"seed {seed}: a 400 without a message"
         assert server.alive(), f"seed {seed}: the server died on {xargs!r}"
-        assert complete(client, {"sampler": "edt", "edt_t0": 0.8}, seed=3, max_tokens=8) == reference_text
+        assert complete(client, good_xargs, seed=3, max_tokens=8) == reference_text
