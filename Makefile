@@ -26,15 +26,18 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed bench-quick
 	$(PYTEST)
 
-# The op table, the serving table and VS diversity: CSV + PNG under benchmarks/results/ (minutes).
+# The op table, the serving table, SLED's decode cost by layer count and VS diversity: CSV + PNG
+# under benchmarks/results/ (minutes).
 bench: $(VENV)/.installed
 	$(PY) -m benchmarks.bench_ops
 	$(PY) -m benchmarks.bench_serve
+	$(PY) -m benchmarks.bench_sled
 	$(PY) -m benchmarks.vs_diversity
 
 bench-quick: $(VENV)/.installed
 	$(PY) -m benchmarks.bench_ops --quick
 	$(PY) -m benchmarks.bench_serve --quick
+	$(PY) -m benchmarks.bench_sled --quick
 	$(PY) -m benchmarks.vs_diversity --quick
 
 serve: $(VENV)/.installed

@@ -9,6 +9,14 @@ run shares the engine and only the sampling differs. "plain" requests (sampler n
 through the plugin's processor untouched: it returns at once when no row uses a method.
 Ratios are against plain sampling with top-p 0.95 (vLLM's own top-p) and without top-p.
 REAL rows appear when a THF fits the model (the shipped one fits the default model).
+
+SLED and DoLa need the early layers, which only a server started with --sampler sled computes
+(its defaults: SLED reads every early layer 0..N-1, DoLa its "high" candidates); that server
+taps them for every request, so "plain (sled server)" (sampler none there) shows what the
+tapping costs a plain request. The sled server is started after the plain one is stopped;
+its rows are still divided by the plain server's plain rows (x_plain, x_plain_top_p), and
+x_server_plain divides by the plain row of the row's own server. --quick runs only the sled
+row there.
 """
 
 from __future__ import annotations
@@ -30,6 +38,14 @@ CONFIGS = {
     "plain top-p 0.95": (["--top-p", "0.95"], {"sampler": "none"}),
     "edt": ([], {"sampler": "edt"}),
 }
+# Served by a second server, started with SLED_SERVER_ARGS (the early layers are computed there).
+SLED_SERVER_ARGS = ["--sampler", "sled"]
+SLED_CONFIGS = {
+    "plain (sled server)": ([], {"sampler": "none"}),
+    "sled": ([], {"sampler": "sled"}),
+    "dola": ([], {"sampler": "dola"}),
+}
+SLED_QUICK = ("sled",)
 # Served only where a THF fits the model (the shipped one fits the default model).
 REAL_CONFIGS = {
     "real": ([], {"sampler": "real"}),
@@ -70,8 +86,28 @@ def bench(server, model_dir: str, served: str, options: list[str], xargs: dict, 
     ]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
-        raise RuntimeError(f"vllm bench serve failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+        raise RuntimeError(
+            f"vllm bench serve failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}\n"
+            f"server log:\n{server.log_tail()}"
+        )
     return json.loads(out.read_text())
+
+
+def serve_rows(model_dir: str, server: str, server_args: list[str], configs: dict, load: dict) -> list[dict]:
+    """Start one server (named ``server`` in the rows) with server_args, run every config
+    against it with the same load, stop it; one row per config (METRICS, completed, failed)."""
+    from real_vllm.server import LocalServer
+
+    rows = []
+    args = ["--served-model-name", "bench", "--max-num-seqs", str(max(32, load["concurrency"])), *server_args]
+    with LocalServer(model_dir, args, progress=True) as live, tempfile.TemporaryDirectory() as tmp:
+        for name, (options, xargs) in tqdm(configs.items(), desc=f"{server} server", unit="config"):
+            result = bench(live, model_dir, "bench", options, xargs, load, Path(tmp) / f"{len(rows)}.json")
+            row = {"sampler": name, "server": server, **{k: round(result[key], 3) for k, key in METRICS}}
+            row["completed"] = result["completed"]
+            row["failed"] = result.get("failed", load["num_prompts"] - result["completed"])
+            rows.append(row)
+    return rows
 
 
 def main(argv=None) -> None:
@@ -85,34 +121,33 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
 
     from real_vllm.assets import default_model_dir
-    from real_vllm.server import LocalServer
 
     load = dict(num_prompts=args.num_prompts, concurrency=args.concurrency, input_len=args.input_len, output_len=args.output_len)
     if args.quick:
         load = dict(num_prompts=8, concurrency=4, input_len=16, output_len=8)
     model_dir = args.model or str(default_model_dir())
     configs = {**CONFIGS, **(REAL_CONFIGS if real_available(model_dir) else {})}
-    rows = []
-    with LocalServer(model_dir, ["--served-model-name", "bench", "--max-num-seqs", str(max(32, load["concurrency"]))], progress=True) as server, tempfile.TemporaryDirectory() as tmp:
-        for name, (options, xargs) in tqdm(configs.items(), desc="serving table", unit="config"):
-            result = bench(server, model_dir, "bench", options, xargs, load, Path(tmp) / f"{len(rows)}.json")
-            row = {"sampler": name, **{k: round(result[key], 3) for k, key in METRICS}}
-            row["completed"] = result["completed"]
-            row["failed"] = result.get("failed", load["num_prompts"] - result["completed"])
-            rows.append(row)
+    sled_configs = {k: v for k, v in SLED_CONFIGS.items() if not args.quick or k in SLED_QUICK}
+    rows = serve_rows(model_dir, "plain", [], configs, load)
+    rows += serve_rows(model_dir, "sled", SLED_SERVER_ARGS, sled_configs, load)
     base = {r["sampler"]: r["output_tok_s"] for r in rows}
+    server_plain = {"plain": base["plain"], "sled": base.get("plain (sled server)")}
     for r in rows:
         r["x_plain"] = round(r["output_tok_s"] / base["plain"], 3)
         r["x_plain_top_p"] = round(r["output_tok_s"] / base["plain top-p 0.95"], 3)
+        own = server_plain[r["server"]]
+        r["x_server_plain"] = round(r["output_tok_s"] / own, 3) if own else ""
         r.update({f"load_{k}": v for k, v in load.items()}, machine=machine_name())
     stem = "serve_quick" if args.quick else "serve"
     csv_path = RESULTS / f"{stem}_{machine_name()}.csv"
     write_csv(csv_path, rows)
     plot(rows, csv_path.with_suffix(".png"))
-    print(f"{'sampler':<18} {'out tok/s':>10} {'x plain':>8} {'x top-p':>8} {'TTFT p50':>9} {'ITL p50':>8} {'failed':>6}")
+    print(f"{'sampler':<28} {'server':<6} {'out tok/s':>10} {'x plain':>8} {'x top-p':>8} {'x server':>8} "
+          f"{'TTFT p50':>9} {'ITL p50':>8} {'failed':>6}")
     for r in rows:
-        print(f"{r['sampler']:<18} {r['output_tok_s']:>10.1f} {r['x_plain']:>8.3f} {r['x_plain_top_p']:>8.3f} "
-              f"{r['ttft_median_ms']:>9.1f} {r['itl_median_ms']:>8.1f} {r['failed']:>6}")
+        own = f"{r['x_server_plain']:>8.3f}" if r["x_server_plain"] != "" else f"{'':>8}"
+        print(f"{r['sampler']:<28} {r['server']:<6} {r['output_tok_s']:>10.1f} {r['x_plain']:>8.3f} "
+              f"{r['x_plain_top_p']:>8.3f} {own} {r['ttft_median_ms']:>9.1f} {r['itl_median_ms']:>8.1f} {r['failed']:>6}")
     print(f"wrote {csv_path} and its .png")
 
 
@@ -122,9 +157,10 @@ def plot(rows, path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    names = [r["sampler"] for r in rows]
-    ax.barh(names, [r["output_tok_s"] for r in rows], color="tab:blue")
+    fig, ax = plt.subplots(figsize=(7, 0.9 + 0.45 * len(rows)))
+    names = [r["sampler"] + (" [sled server]" if r["server"] == "sled" and "sled server" not in r["sampler"] else "") for r in rows]
+    colors = ["tab:orange" if r["server"] == "sled" else "tab:blue" for r in rows]
+    ax.barh(names, [r["output_tok_s"] for r in rows], color=colors)
     for i, r in enumerate(rows):
         ax.text(r["output_tok_s"], i, f" {r['x_plain_top_p']:.2f}x top-p", va="center", fontsize=8)
     ax.set(xlabel="output tokens/s", title=f"vllm bench serve, {machine_name()}")
