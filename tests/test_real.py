@@ -81,6 +81,29 @@ def test_v1_thresholds_equal_a_direct_thf_forward(tiny_model_dir, thf_dir):
         assert torch.equal(out[row].isfinite(), want[0].isfinite())
 
 
+def test_top_p_decay_rows_skip_the_thf_and_the_others_still_get_their_forecast(tiny_model_dir, thf_dir, monkeypatch):
+    proc = RealVllmLogitsProcessor(vllm_config(tiny_model_dir, real_thf=str(thf_dir)), torch.device("cpu"), False)
+    vocab = 1000
+    histories = [([5, 6, 7], [8]), ([9, 10], [11, 12]), ([13], [])]
+    params = [real(0.9, 1e9), real(0.7, 1.5), real(0.6, 1e30)]
+    proc.update_state(BatchUpdate(3, removed=[], added=[(i, p, *h) for i, (p, h) in enumerate(zip(params, histories))], moved=[]))
+    forwarded_rows = []
+    original = proc.thf.residual_entropy
+    monkeypatch.setattr(proc.thf, "residual_entropy", lambda w, n: forwarded_rows.append(w.shape[0]) or original(w, n))
+    logits = torch.randn(3, vocab) * 3
+    out = proc.apply(logits.clone())
+    assert forwarded_rows == [1], "only the row with a finite decay needs the THF"
+    for row, p_t in ((0, torch.tensor([0.9])), (2, torch.tensor([0.6])),
+                     (1, direct_threshold(thf_dir, [9, 10, 11, 12], 0.7, 1.5).reshape(1))):
+        want = reference.top_p_mask(logits[row:row + 1], p_t)
+        assert torch.equal(out[row].isfinite(), want[0].isfinite()), f"row {row}"
+    # Every REAL row at top-p decay: no THF forward at all.
+    proc.update_state(BatchUpdate(1, removed=[1, 2], added=[], moved=[]))
+    forwarded_rows.clear()
+    proc.apply(torch.randn(1, vocab))
+    assert forwarded_rows == []
+
+
 def test_v2_windows_from_the_runner_token_history(tiny_model_dir, thf_dir):
     slots, max_len, vocab = 6, 128, 1000
     rng = np.random.default_rng(1)

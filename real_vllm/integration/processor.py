@@ -167,16 +167,28 @@ class RealVllmLogitsProcessor(V1LogitsProcessor, V2LogitsProcessor):
 
     def _real_thresholds(self, rows: np.ndarray, idx: torch.Tensor, host_slots: np.ndarray, column) -> torch.Tensor:
         """p_t of the REAL rows (``idx``: the same rows on the device): one batched THF
-        forward on each row's last tokens."""
+        forward on the last tokens of the rows that need it. Rows whose decay is at least
+        real.TOP_P_DECAY are plain top-p(p0) and skip the THF (decided on the host copy)."""
         p0, decay = column("real_p0")[idx], column("real_decay_temperature")[idx]
+        host_decay = self.slots.host_column("real_decay_temperature").numpy()[host_slots[rows]]
+        forecast = host_decay < real.TOP_P_DECAY
+        if not forecast.any():
+            return p0
         if self.thf is None:
             if not self._warned_no_thf:
                 logger.error("real_vllm: REAL requested but no THF checkpoint is loaded "
                              "(--real-thf PATH); those requests get plain top-p(real_p0)")
                 self._warned_no_thf = True
             return p0
-        windows, lengths = self._windows(rows, host_slots)
-        return real.threshold(self.thf.residual_entropy(windows, lengths), p0, decay)
+        if forecast.all():
+            windows, lengths = self._windows(rows, host_slots)
+            return real.threshold(self.thf.residual_entropy(windows, lengths), p0, decay)
+        sub = np.flatnonzero(forecast)
+        sub_idx = torch.from_numpy(sub).to(p0.device)
+        windows, lengths = self._windows(rows[sub], host_slots)
+        thresholds = p0.clone()
+        thresholds[sub_idx] = real.threshold(self.thf.residual_entropy(windows, lengths), p0[sub_idx], decay[sub_idx])
+        return thresholds
 
     def _windows(self, rows: np.ndarray, host_slots: np.ndarray):
         """The last THF-window tokens (prompt + output so far) of each row, right-aligned in

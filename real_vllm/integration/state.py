@@ -84,3 +84,7 @@ class SlotTable:
 
     def column(self, name: str) -> torch.Tensor:
         return self._device[name]
+
+    def host_column(self, name: str) -> torch.Tensor:
+        """The host copy: read it to decide what runs without a device sync."""
+        return self._host[name]

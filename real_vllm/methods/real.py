@@ -9,7 +9,10 @@ asymptote (an infinitely large model) and s_ref the largest trained size:
 
 then the nucleus of threshold p_t is kept on the served model's own logits. Where the LLM
 is more uncertain than an ideal model would be (large d), the nucleus shrinks. With
-decay_temperature -> inf, p_t = p0: plain top-p.
+decay_temperature -> inf, p_t = p0: plain top-p. A decay_temperature of at least
+TOP_P_DECAY (1e9) is taken as infinite and skips the THF forward: exp(-d / 1e9) rounds to 1.0
+in float32 for every d below 29 nats, and d is an entropy difference (at most ln V, about
+12 nats, for a THF that forecasts entropies of the served vocabulary).
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ import torch
 from real_vllm import ops
 from real_vllm.methods.params import require_number
 from real_vllm.thf.curves import threshold  # noqa: F401  (p_t = min(1, p0 exp(-d / decay)))
+
+
+TOP_P_DECAY = 1e9
 
 
 @dataclass(frozen=True)
