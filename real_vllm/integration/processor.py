@@ -27,8 +27,8 @@ from vllm.v1.worker.gpu.sample.logits_processor.interface import (
     LogitsProcessor as V2LogitsProcessor,
 )
 
-from real_vllm.integration.state import SlotTable
-from real_vllm.methods import SERVER_KEYS, PARAM_PREFIXES, SAMPLERS, SamplerRequest, edt, parse_sampler_args, real
+from real_vllm.integration.state import COLUMNS, SlotTable
+from real_vllm.methods import PARAM_PREFIXES, SERVER_KEYS, SAMPLERS, SamplerRequest, edt, parse_sampler_args, real
 from real_vllm.thf.runtime import right_aligned_windows
 
 if TYPE_CHECKING:
@@ -60,8 +60,12 @@ def server_defaults(vllm_config: VllmConfig) -> dict[str, Any]:
     return defaults
 
 
-class RealVllmLogitsProcessor(V1LogitsProcessor, V2LogitsProcessor):
-    """EDT and REAL as a vLLM logits processor."""
+class SlotLogitsProcessor(V1LogitsProcessor, V2LogitsProcessor):
+    """What both of real_vllm's processors share: the runner's constructor arguments, the
+    requests' parameters in a SlotTable of ``COLUMNS``, V1 batch updates and V2 slots, and
+    the per-row parameter columns of a step."""
+
+    COLUMNS: dict[str, dict[str, float]] = COLUMNS
 
     def __init__(self, vllm_config: VllmConfig, *runner_args):
         self.defaults = server_defaults(vllm_config)
@@ -73,7 +77,62 @@ class RealVllmLogitsProcessor(V1LogitsProcessor, V2LogitsProcessor):
             device, pin = runner_args
             num_slots = vllm_config.scheduler_config.max_num_seqs
         self.device = torch.device(device)
-        self.slots = SlotTable(num_slots, device, pin_memory=pin and self.device.type != "cpu")
+        self.slots = SlotTable(num_slots, device, pin_memory=pin and self.device.type != "cpu", columns=self.COLUMNS)
+
+    @classmethod
+    def validate_params(cls, sampling_params: SamplingParams) -> None:
+        parse_sampler_args(sampling_params.extra_args)
+
+    def _request(self, params: SamplingParams) -> SamplerRequest:
+        return parse_sampler_args(params.extra_args, self.defaults)
+
+    def _tokens(self, prompt_ids, output_ids):
+        """What a slot keeps of a V1 request's tokens (nothing, unless a method reads them)."""
+        return None
+
+    # ----------------------------------------------------------------- V1 runner
+
+    def update_state(self, batch_update: BatchUpdate | None) -> None:
+        if batch_update is None:
+            return
+        for index in batch_update.removed:
+            self.slots.clear(index)
+        for index, params, prompt_ids, output_ids in batch_update.added:
+            self.slots.set(index, self._request(params), self._tokens(prompt_ids, output_ids))
+        for a, b, direction in batch_update.moved:
+            if direction == MoveDirectionality.SWAP:
+                self.slots.swap(a, b)
+            else:
+                self.slots.move(a, b)
+
+    # ----------------------------------------------------------------- V2 runner
+
+    def add_request(self, req_idx: int, sampling_params: SamplingParams) -> bool:
+        return self.slots.set(req_idx, self._request(sampling_params))
+
+    def apply_staged_writes(self) -> None:
+        self.slots.flush()
+
+    # ----------------------------------------------------------------- a step
+
+    def _step_rows(self, num_rows: int, ctx: LogitsContext | None) -> np.ndarray:
+        """The slot of every row, on the host (decides what runs without a device sync).
+        V1: row i is persistent-batch slot i. V2: the context maps rows to slots."""
+        return np.arange(num_rows) if ctx is None else ctx.idx_mapping_np
+
+    def _columns(self, num_rows: int, ctx: LogitsContext | None):
+        """name -> that parameter of every row, on the device."""
+        if ctx is None:
+            self.slots.flush()
+            return lambda name: self.slots.column(name)[:num_rows]
+        return lambda name: self.slots.column(name)[ctx.expanded_idx_mapping]
+
+
+class RealVllmLogitsProcessor(SlotLogitsProcessor):
+    """EDT and REAL as a vLLM logits processor."""
+
+    def __init__(self, vllm_config: VllmConfig, *runner_args):
+        super().__init__(vllm_config, *runner_args)
         self.thf = self._load_thf(vllm_config)
         self._warned_no_thf = False
 
@@ -101,58 +160,23 @@ class RealVllmLogitsProcessor(V1LogitsProcessor, V2LogitsProcessor):
             logger.info("real_vllm: the shipped THF is for another tokenizer; REAL needs --real-thf")
             return None
 
-    # ----------------------------------------------------------------- both runners
-
-    @classmethod
-    def validate_params(cls, sampling_params: SamplingParams) -> None:
-        parse_sampler_args(sampling_params.extra_args)
-
-    def _request(self, params: SamplingParams) -> SamplerRequest:
-        return parse_sampler_args(params.extra_args, self.defaults)
-
-    # ----------------------------------------------------------------- V1 runner
+    def _tokens(self, prompt_ids, output_ids):
+        # output_ids is vLLM's live list: REAL reads the newest tokens from it each step.
+        return (prompt_ids or [], output_ids)
 
     def is_argmax_invariant(self) -> bool:
         return True
 
-    def update_state(self, batch_update: BatchUpdate | None) -> None:
-        if batch_update is None:
-            return
-        for index in batch_update.removed:
-            self.slots.clear(index)
-        for index, params, prompt_ids, output_ids in batch_update.added:
-            # output_ids is vLLM's live list: REAL reads the newest tokens from it each step.
-            self.slots.set(index, self._request(params), (prompt_ids or [], output_ids))
-        for a, b, direction in batch_update.moved:
-            if direction == MoveDirectionality.SWAP:
-                self.slots.swap(a, b)
-            else:
-                self.slots.move(a, b)
-
-    # ----------------------------------------------------------------- V2 runner
-
-    def add_request(self, req_idx: int, sampling_params: SamplingParams) -> bool:
-        return self.slots.set(req_idx, self._request(sampling_params))
-
-    def apply_staged_writes(self) -> None:
-        self.slots.flush()
-
     # ----------------------------------------------------------------- the step
 
     def apply(self, logits: torch.Tensor, ctx: LogitsContext | None = None) -> torch.Tensor:
-        # Host-side slot of every row decides what runs, without a device sync. V1: row i
-        # is persistent-batch slot i. V2: the context maps rows to slots.
         num_rows = logits.shape[0]
-        host_slots = np.arange(num_rows) if ctx is None else ctx.idx_mapping_np
+        host_slots = self._step_rows(num_rows, ctx)
         run_edt = self.slots.runs["edt"][host_slots]
         run_real = self.slots.runs["real"][host_slots]
         if not (run_edt.any() or run_real.any()):
             return logits
-        if ctx is None:
-            self.slots.flush()
-            column = lambda name: self.slots.column(name)[:num_rows]  # noqa: E731
-        else:
-            column = lambda name: self.slots.column(name)[ctx.expanded_idx_mapping]  # noqa: E731
+        column = self._columns(num_rows, ctx)
         if not logits.is_contiguous():
             logits = logits.contiguous()
         if run_edt.any():
