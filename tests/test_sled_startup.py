@@ -33,6 +33,7 @@ def test_sled_server_wraps_the_model_and_resolves_layers(tiny_model_dir):
         (dict(speculative_config={"method": "ngram", "num_speculative_tokens": 2, "prompt_lookup_max": 2}),
          "speculative decoding"),
         (dict(pipeline_parallel_size=2), "pipeline"),
+        (dict(enable_batch_sharded_sampling=True), "does not support batch-sharded sampling"),
         (dict(additional_config={"sampler": "sled", "sled_layers": "every:0"}), "sled_layers"),
         (dict(additional_config={"sampler": "sled", "sled_layers": [0, 9]}), r"layers \[9\] do not exist"),
         (dict(additional_config={"sampler": "dola", "dola_layers": "middle"}), "dola_layers"),
