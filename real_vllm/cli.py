@@ -6,6 +6,7 @@
     real-vllm vs "prompt" -k 5      # Verbalized Sampling: k candidates with probabilities
     real-vllm thf collect|train|eval ...   # the THF pipeline of REAL sampling
     real-vllm trace "prompt" --sampler real   # per token: entropy, asymptote, p_t; a PNG
+    real-vllm eval [--quick]        # quality: factuality vs diversity of every method (CSV, PNG, MD)
     real-vllm vllm ARGS ...         # vLLM's own CLI (e.g. `real-vllm vllm bench serve ...`)
 """
 
@@ -77,6 +78,10 @@ def main(argv: list[str] | None = None) -> None:
         from real_vllm.trace import main as trace_main
 
         trace_main(rest)
+    elif command == "eval":
+        from real_vllm.quality.run import main as eval_main
+
+        eval_main(rest)
     elif command == "thf":
         from real_vllm.thf.cli import main as thf_main
 

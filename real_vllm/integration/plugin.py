@@ -155,17 +155,17 @@ def _hook_engine_config(engine_args_cls) -> None:
                     f"real_vllm: --sampler {sampler} needs every early layer on the last pipeline "
                     "stage; pipeline parallelism is not supported with it (use tensor parallelism)"
                 )
-            if not isinstance(self.hf_overrides, early_layers.EarlyLayerOverrides):
-                self.hf_overrides = early_layers.EarlyLayerOverrides(settings, self.hf_overrides)
-        config = original(self, *args, **kwargs)
-        if needs_early:
-            early_layers.check_wrapped(config.model_config.hf_config)
-            if getattr(config.parallel_config, "enable_batch_sharded_sampling", False):
+            if getattr(self, "enable_batch_sharded_sampling", False):
                 # Model Runner V2 would then call compute_logits_local, which has no early rows.
                 raise ValueError(
                     f"real_vllm: --sampler {sampler} does not support batch-sharded sampling "
                     "(--enable-batch-sharded-sampling); leave it off"
                 )
+            if not isinstance(self.hf_overrides, early_layers.EarlyLayerOverrides):
+                self.hf_overrides = early_layers.EarlyLayerOverrides(settings, self.hf_overrides)
+        config = original(self, *args, **kwargs)
+        if needs_early:
+            early_layers.check_wrapped(config.model_config.hf_config)
         early_layers.SERVED["early_layers"] = needs_early
         return config
 
