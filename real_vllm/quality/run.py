@@ -1,0 +1,356 @@
+"""``real-vllm eval``: factuality and diversity of every decoding method, side by side.
+
+    real-vllm eval                 # the full sweep on the default model (~1 h on 2 CPU cores)
+    real-vllm eval --quick         # a smoke run: a handful of prompts, a few sweep points (~2 min)
+    real-vllm eval --only real,top_p,greedy --wiki 40 --trivia 100 --seeds 4
+    real-vllm eval --rescore benchmarks/results/quality_<machine>_samples.json.gz   # metrics again, no engine
+
+Two tasks (data.py says where the data comes from and how it is split):
+
+- wiki: Wikipedia continuation, the FactualityPrompts protocol: the prompt is an article's title
+  and opening sentence, the model continues it (plain text, up to 64 new tokens). Factuality:
+  NE_ER, the share of named entities and numbers of the first generated sentence that the
+  article does not contain (metrics.py documents the entity heuristic), and article match,
+  the share of the article's later entities that the continuation mentions. Diversity across
+  seeds: distinct-2/3/4, self-BLEU, MiniLM semantic self-similarity.
+- trivia: questions with accepted answers asked in the chat template (up to 32 tokens, one
+  line). Accuracy: an accepted answer in the first sentence (metrics.answer_match); pass@k: any
+  seed right; diversity: distinct answers across seeds, and of the wrong answers.
+
+One vLLM engine serves the whole sweep, started with ``additional_config={"sampler": "sled"}`` so
+that SLED and DoLa requests can be served next to plain ones; every request names its sampler
+in ``SamplingParams.extra_args`` (``{"sampler": "none"}`` for plain sampling). Each sweep point is
+one ``llm.generate`` call holding both tasks' prompts for every seed (greedy points: one seed,
+copied). Verbalized Sampling (trivia only: a continuation is not an instruction) asks for k =
+seeds candidates in one call per question and takes them as the k samples.
+
+Writes benchmarks/results/quality[_quick]_<machine>.csv (one row per sweep point, task and
+split), .png (the factuality-diversity Pareto plot), .md (the claims, method by method, judged
+on the "test" split, with 90% bootstrap intervals over prompts) and _samples.json.gz (every text,
+which --rescore reads back).
+
+Size of the default run (20 + 20 wiki prompts, 50 + 50 questions, 4 seeds, 17 points): about 330k
+generated tokens; measured on 2 AMD EPYC cores, about 50 minutes (see the README).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gzip
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+WIKI_MAX_TOKENS = 64
+TRIVIA_MAX_TOKENS = 32
+VS_MAX_TEXT_CHARS = 60
+VS_MAX_TOKENS = 256
+MAX_MODEL_LEN = 1024
+
+
+@dataclass(frozen=True)
+class Point:
+    """One setting of the sweep: vLLM's temperature/top_p and the plugin's extra_args."""
+
+    method: str                      # the curve it is drawn on: greedy, top_p, temperature, edt, ...
+    label: str
+    temperature: float
+    top_p: float = 1.0
+    extra: tuple = (("sampler", "none"),)
+    tasks: tuple = ("wiki", "trivia")
+    also: tuple = ()                 # other curves this point belongs to
+    default: bool = False            # the method's default setting
+    value: float = math.nan          # the swept parameter, for the plot's labels
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    @property
+    def extra_args(self) -> dict:
+        return dict(self.extra)
+
+    def curves(self) -> tuple:
+        return (self.method, *self.also)
+
+
+def sweep(quick: bool, seeds: int) -> list[Point]:
+    """The sweep points. Defaults (default=True) are the plugin's, from the papers; the other
+    points were chosen to span each method's range, not tuned on these prompts."""
+    P = Point
+    points = [P("greedy", "greedy", 0.0, also=("top_p", "temperature"), value=0.0)]
+    top_ps = (0.5, 1.0) if quick else (0.3, 0.5, 0.7, 0.9, 1.0)
+    points += [P("top_p", f"top_p={p:g}", 1.0, p, also=("temperature",) if p == 1.0 else (), value=p) for p in top_ps]
+    temps = (0.7,) if quick else (0.5, 0.7)
+    points += [P("temperature", f"T={t:g}", t, value=t) for t in temps]
+    edts = ((1.0, 1.0),) if quick else ((1.0, 1.0), (0.7, 1.0), (1.0, 3.0))
+    points += [P("edt", f"edt t0={t0:g} theta={th:g}", 1.0,
+                 extra=(("sampler", "edt"), ("edt_t0", t0), ("edt_theta", th)), default=(t0, th) == (1.0, 1.0), value=t0)
+               for t0, th in edts]
+    decays = (2.0,) if quick else (2.0, 4.0, 8.0)
+    points += [P("real", f"real decay={d:g}", 1.0, extra=(("sampler", "real"), ("real_decay_temperature", d)),
+                 default=d == 2.0, value=d) for d in decays]
+    points += [
+        P("sled", "sled greedy alpha=2 k=10", 0.0, extra=(("sampler", "sled"), ("sled_alpha", 2.0), ("sled_k", 10)),
+          default=True, value=2.0),
+        P("dola", "dola greedy", 0.0, extra=(("sampler", "dola"),), default=True, value=0.0),
+        P("vs", f"vs k={seeds} T=0.7", 0.7, tasks=("trivia",), default=True, value=0.7),
+    ]
+    return points
+
+
+# --------------------------------------------------------------------------------------------
+# Generation
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class Generated:
+    """The texts of one point: {task: [[text per seed] per item]}, tokens and seconds."""
+
+    point: Point
+    texts: dict = field(default_factory=dict)
+    tokens: int = 0                  # generated tokens (VS: not counted, its calls return texts)
+    seconds: float = 0.0
+    failures: int = 0
+
+
+def request_seed(item_id: str, s: int) -> int:
+    """Seed s of an item: its own noise per (item, seed), the same at every sweep point (so the
+    points are compared on common random numbers); shared seeds across items would give
+    different prompts the same noise and correlate their samples."""
+    from real_vllm.quality.data import unit_hash
+
+    return int(unit_hash(f"{item_id}#{s}", "real_vllm.quality.seed") * 2 ** 31)
+
+
+def _params(point: Point, seed: int | None, max_tokens: int, stop=None):
+    from vllm import SamplingParams
+
+    return SamplingParams(temperature=point.temperature, top_p=point.top_p, max_tokens=max_tokens,
+                          seed=None if point.greedy else seed, stop=stop, extra_args=point.extra_args)
+
+
+def generate_point(llm, point: Point, wiki, trivia, chat_ids, seeds: int) -> Generated:
+    from vllm.inputs import TokensPrompt
+
+    from real_vllm import verbalized as vs
+
+    out = Generated(point)
+    start = time.perf_counter()
+    if point.method == "vs":
+        dists = vs.generate_offline_many(
+            llm, [t.question for t in trivia], seeds=[request_seed(t.id, 0) for t in trivia], method="standard", k=seeds,
+            temperature=point.temperature, top_p=point.top_p, max_tokens=VS_MAX_TOKENS,
+            max_text_chars=VS_MAX_TEXT_CHARS, sampler_args=point.extra_args, errors="keep", use_tqdm=True)
+        out.texts["trivia"] = []
+        for dist in dists:
+            if isinstance(dist, vs.VSParseError):
+                out.failures += 1
+                out.texts["trivia"].append([""] * seeds)
+            else:
+                out.texts["trivia"].append(list(dist.texts[:seeds]))
+        out.seconds = time.perf_counter() - start
+        return out
+    n_seeds = 1 if point.greedy else seeds
+    prompts, params, where = [], [], []
+    tokenizer = llm.get_tokenizer()
+    if "wiki" in point.tasks:
+        for i, w in enumerate(wiki):
+            ids = tokenizer(w.prompt, add_special_tokens=False)["input_ids"]
+            for s in range(n_seeds):
+                prompts.append(TokensPrompt(prompt_token_ids=ids))
+                params.append(_params(point, request_seed(w.id, s), WIKI_MAX_TOKENS))
+                where.append(("wiki", i))
+    if "trivia" in point.tasks:
+        for i, (t, ids) in enumerate(zip(trivia, chat_ids)):
+            for s in range(n_seeds):
+                prompts.append(TokensPrompt(prompt_token_ids=ids))
+                params.append(_params(point, request_seed(t.id, s), TRIVIA_MAX_TOKENS, stop=["\n"]))
+                where.append(("trivia", i))
+    outputs = llm.generate(prompts, params, use_tqdm=True)
+    out.seconds = time.perf_counter() - start
+    sizes = {"wiki": len(wiki), "trivia": len(trivia)}
+    for task in point.tasks:
+        out.texts[task] = [[] for _ in range(sizes[task])]
+    for (task, i), o in zip(where, outputs):
+        out.texts[task][i].append(o.outputs[0].text)
+        out.tokens += len(o.outputs[0].token_ids)
+    if point.greedy:  # one seed, copied: the diversity metrics see `seeds` identical samples
+        for task in point.tasks:
+            out.texts[task] = [texts * seeds for texts in out.texts[task]]
+    return out
+
+
+def chat_prompt_ids(llm, questions: list[str]) -> list[list[int]]:
+    tokenizer = llm.get_tokenizer()
+    ids = []
+    for q in questions:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
+        ids.append(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return ids
+
+
+def start_engine(model: str, sled_layers: str | None, real_thf: str | None, max_num_seqs: int):
+    os.environ.pop("TRITON_INTERPRET", None)  # Triton's interpreter must be off in the engine
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
+    from vllm import LLM
+
+    config = {"sampler": "sled"}
+    if sled_layers:
+        config["sled_layers"] = sled_layers
+    if real_thf:
+        config["real_thf"] = os.path.abspath(real_thf)
+    # No chunked prefill: vLLM 0.32's CPU runner crashes on seeded requests whose prefill is
+    # split across steps; the batch budget must then hold a whole prompt.
+    return LLM(model=model, dtype="float32", enforce_eager=True, max_model_len=MAX_MODEL_LEN, seed=0,
+               enable_chunked_prefill=False, max_num_batched_tokens=8 * MAX_MODEL_LEN, max_num_seqs=max_num_seqs,
+               additional_config=config)
+
+
+def real_available(model_is_default: bool, real_thf: str | None) -> bool:
+    return model_is_default or bool(real_thf) or bool(os.environ.get("REAL_VLLM_THF"))
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------
+
+def _results_helpers():
+    """benchmarks.common's machine_name, RESULTS and write_csv when this package runs from a
+    checkout (the console script does not have the repository on sys.path)."""
+    root = Path(__file__).resolve().parents[2]
+    if (root / "benchmarks" / "common.py").is_file():
+        if str(root) not in sys.path:
+            sys.path.insert(0, str(root))
+        from benchmarks.common import RESULTS, machine_name, write_csv
+
+        return machine_name, RESULTS, write_csv
+    return None
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="real-vllm eval", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smoke run: 2+2 wiki prompts, 4+4 questions, 2 seeds, 9 points")
+    parser.add_argument("--model", help="model folder (default: the embedded SmolLM2-135M-Instruct)")
+    parser.add_argument("--wiki", type=int, help="wiki prompts per split (tune, test); default 20, quick 2")
+    parser.add_argument("--trivia", type=int, help="trivia questions per split; default 50, quick 4")
+    parser.add_argument("--seeds", type=int, help="samples per prompt; default 4, quick 2 (VS: k)")
+    parser.add_argument("--only", help="comma-separated methods or point labels to run (default: all)")
+    parser.add_argument("--sled-layers", help="early layers SLED reads (engine setting): all (default), every:K, 0,8,16")
+    parser.add_argument("--real-thf", help="THF checkpoint for REAL (default: the shipped one, for the default model)")
+    parser.add_argument("--out", help="results folder (default: benchmarks/results of this checkout)")
+    parser.add_argument("--max-num-seqs", type=int, default=256, help="engine batch size (default 256)")
+    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals")
+    parser.add_argument("--rescore", metavar="SAMPLES", help="measure and report the texts of an earlier run "
+                        "(its _samples.json.gz) again, without an engine")
+    args = parser.parse_args(argv)
+    args.wiki = args.wiki if args.wiki is not None else (2 if args.quick else 20)
+    args.trivia = args.trivia if args.trivia is not None else (4 if args.quick else 50)
+    args.seeds = args.seeds if args.seeds is not None else (2 if args.quick else 4)
+    if args.seeds < 2:
+        parser.error(f"--seeds must be >= 2 (diversity needs pairs), got {args.seeds}")
+    if args.wiki < 1 or args.trivia < 1:
+        parser.error("--wiki and --trivia must be >= 1")
+    return args
+
+
+def _point_from_json(d: dict) -> Point:
+    return Point(**{**d, "extra": tuple(tuple(x) for x in d["extra"]), "tasks": tuple(d["tasks"]), "also": tuple(d["also"])})
+
+
+def load_samples(path: str, data):
+    """(args overrides, wiki, trivia, results, timing) from a _samples.json.gz of an earlier run."""
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        saved = json.load(f)
+    wiki, trivia = data.wiki_prompts(saved["wiki_per_split"]), data.trivia_items(saved["trivia_per_split"])
+    if [w.id for w in wiki] != [w["id"] for w in saved["wiki"]] or [t.id for t in trivia] != [t["id"] for t in saved["trivia"]]:
+        sys.exit(f"real-vllm eval --rescore: the prompts of {path} are not those the installed data gives")
+    results = [Generated(_point_from_json(g["point"]), g["texts"], g["tokens"], g["seconds"], g["failures"])
+               for g in saved["points"]]
+    return saved, wiki, trivia, results
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    from real_vllm.assets import DEFAULT_MODEL_NAME, default_model_dir
+    from real_vllm.quality import data, report
+
+    helpers = _results_helpers()
+    if helpers is None and not args.out:
+        sys.exit("real-vllm eval: not running from a checkout (no benchmarks/): pass --out DIR")
+    machine = helpers[0]() if helpers else "machine"
+    out_dir = Path(args.out) if args.out else helpers[1]
+
+    if args.rescore:
+        saved, wiki, trivia, results = load_samples(args.rescore, data)
+        model_name, machine, timing = saved["model"], saved["machine"], saved["timing"]
+        args.seeds, args.quick, args.wiki, args.trivia = saved["seeds"], saved["quick"], saved["wiki_per_split"], saved["trivia_per_split"]
+        points = [g.point for g in results]
+    else:
+        model = args.model or str(default_model_dir())
+        model_name = DEFAULT_MODEL_NAME if not args.model else os.path.basename(os.path.normpath(model))
+        points = sweep(args.quick, args.seeds)
+        if not real_available(not args.model, args.real_thf):
+            print("REAL skipped: no THF fits this model (pass --real-thf PATH)", file=sys.stderr)
+            points = [p for p in points if p.method != "real"]
+        if args.only:
+            wanted = {w.strip() for w in args.only.split(",") if w.strip()}
+            points = [p for p in points if p.method in wanted or p.label in wanted]
+            if not points:
+                sys.exit(f"real-vllm eval: --only {args.only!r} matches no sweep point")
+        wiki = data.wiki_prompts(args.wiki)
+        trivia = data.trivia_items(args.trivia)
+        sampled = sum(1 for p in points if not p.greedy and p.method != "vs")
+        print(f"{model_name}: {len(points)} sweep points ({sampled} sampled x {args.seeds} seeds), "
+              f"{len(wiki)} wiki prompts x {WIKI_MAX_TOKENS} tokens, {len(trivia)} questions x <= {TRIVIA_MAX_TOKENS} tokens",
+              file=sys.stderr)
+        started = time.perf_counter()
+        llm = start_engine(model, args.sled_layers, args.real_thf, args.max_num_seqs)
+        startup = time.perf_counter() - started
+        results: list[Generated] = []
+        try:
+            chat_ids = chat_prompt_ids(llm, [t.question for t in trivia])
+            for point in tqdm(points, desc="sweep points", unit="point", file=sys.stderr):
+                tqdm.write(f"-- {point.label}", file=sys.stderr)
+                results.append(generate_point(llm, point, wiki, trivia, chat_ids, args.seeds))
+        finally:
+            llm.llm_engine.engine_core.shutdown()
+            del llm
+        timing = {"startup_s": startup, "generation_s": time.perf_counter() - started - startup}
+
+    measure_start = time.perf_counter()
+    rows, stats = report.measure(results, wiki, trivia, args.seeds, model_name, machine, args.bootstrap)
+    stem = f"quality{'_quick' if args.quick else ''}_{machine}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not args.rescore:
+        with gzip.open(out_dir / f"{stem}_samples.json.gz", "wt", encoding="utf-8") as f:
+            json.dump({
+                "model": model_name, "machine": machine, "seeds": args.seeds, "quick": args.quick,
+                "wiki_per_split": args.wiki, "trivia_per_split": args.trivia, "timing": timing,
+                "wiki": [{"id": w.id, "split": w.split, "prompt": w.prompt} for w in wiki],
+                "trivia": [{"id": t.id, "split": t.split, "question": t.question, "answers": t.answers} for t in trivia],
+                "points": [{"point": dataclasses.asdict(g.point), "texts": g.texts, "tokens": g.tokens,
+                            "seconds": g.seconds, "failures": g.failures} for g in results],
+            }, f, ensure_ascii=False)
+    write_csv = helpers[2] if helpers else report.write_csv
+    write_csv(out_dir / f"{stem}.csv", rows)
+    report.plot(rows, out_dir / f"{stem}.png", f"{model_name}: factuality vs diversity ({machine})")
+    timing = {**timing, "measure_s": time.perf_counter() - measure_start}
+    summary = report.summary(rows, stats, points, args, model_name, machine, timing)
+    (out_dir / f"{stem}.md").write_text(summary)
+    print(summary)
+    print(f"wrote {out_dir / stem}.csv, .png, .md" + ("" if args.rescore else " and _samples.json.gz")
+          + f" (engine start {timing['startup_s']:.0f} s, generation {timing['generation_s']:.0f} s, "
+          f"metrics {timing['measure_s']:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,193 @@
+"""The quality benchmark (real_vllm.quality): metrics on hand-computed examples, the data
+loaders, the claim arithmetic, and `real-vllm eval --quick` end to end on the tiny model."""
+
+import csv
+import math
+
+import pytest
+import torch
+
+from real_vllm.quality import metrics as M
+from real_vllm.quality import report
+
+# --------------------------------------------------------------------------------------------
+# Sentences and the entity heuristic
+
+
+def test_sentences_respect_abbreviations_initials_and_newlines():
+    text = "Dr. Smith went to the U.S. Army base. He met J. R. R. Tolkien there! Then he left.\nA new line"
+    assert M.sentences(text) == [
+        "Dr. Smith went to the U.S. Army base.",
+        "He met J. R. R. Tolkien there!",
+        "Then he left.",
+        "A new line",
+    ]
+    assert M.first_sentence("  \n\nIt began in 1929. It ended in 1939.") == "It began in 1929."
+    assert M.first_sentence("") == ""
+
+
+@pytest.mark.parametrize(
+    "sentence,expected",
+    [
+        # A one-word run at the start says nothing (capitalised because it starts the sentence).
+        ("Paris is the capital of France.", {"france"}),
+        # A leading function word is dropped, the rest of the run kept.
+        ("The Beatles were formed in Liverpool in 1960.", {"beatles", "liverpool", "1960"}),
+        # A multi-word name at the start is kept whole; connectors join names.
+        ("Leonardo da Vinci painted the Mona Lisa.", {"leonardo da vinci", "mona lisa"}),
+        ("The Statue of Liberty is in New York City.", {"statue of liberty", "new york city"}),
+        # "and" does not join, commas break runs, numbers are normalised, "I" is no entity.
+        ("I saw John Lennon and Paul McCartney's band, Wings, in 1,234.5 seconds.",
+         {"john lennon", "paul mccartney", "wings", "1234.5"}),
+        # Accents and case are normalised; initialisms are one word.
+        ("In 1976 Björn Ulvaeus toured the U.S. twice.", {"1976", "bjorn ulvaeus", "u s"}),
+        ("no names here at all.", set()),
+    ],
+)
+def test_entities(sentence, expected):
+    assert M.entities(sentence) == expected
+
+
+def test_ne_er_counts_entities_missing_from_the_evidence():
+    evidence = M.Evidence("Albert Einstein\nGerman-born physicist\nAlbert Einstein was born in Ulm, "
+                          "in the Kingdom of Württemberg, on 14 March 1879.")
+    ents, bad = M.unsupported_entities("Albert Einstein was born in Bern in 1879.", evidence)
+    assert ents == {"albert einstein", "bern", "1879"} and bad == {"bern"}  # NE_ER 1/3
+    # Every word of a multi-word name in the evidence supports it; a number needs the same number.
+    assert M.Evidence("Robert Stephenson Smyth Baden-Powell (1857)").supports(M.normalize_text("Robert Baden-Powell"))
+    assert not M.Evidence("born in 1857").supports("1858")
+    assert M.Evidence("Kingdom of Württemberg").supports("wurttemberg")
+
+
+# --------------------------------------------------------------------------------------------
+# Answers
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [("The Beatles!", "beatles"), ("Three", "3"), ("1,000", "1000"), ("Café  au-lait", "cafe au lait"),
+     ("An Apple a day", "apple day"), (1945, "1945")],
+)
+def test_normalize_answer(text, expected):
+    assert M.normalize_answer(text) == expected
+
+
+def test_answer_match_reads_the_first_sentence_with_normalised_answers():
+    assert M.answer_match("The capital of Australia is Canberra.", ["Canberra"])
+    assert M.answer_match("There are three of them.", [3])
+    assert M.answer_match("It was Bugs Bunny, of course.", ["Bugs bunny"])
+    assert not M.answer_match("It is Sydney. Or maybe Canberra.", ["Canberra"])  # only the first sentence
+    assert not M.answer_match("Canberras are birds.", ["Canberra"])  # whole words only
+    # One- or two-letter answers: a word with the same capitalisation, not a substring or "as".
+    assert M.answer_match("The symbol of arsenic is As.", ["As"])
+    assert not M.answer_match("It is known as arsenic.", ["As"])
+    assert M.exact_match("Canberra.", ["canberra"]) and not M.exact_match("It is Canberra.", ["Canberra"])
+
+
+# --------------------------------------------------------------------------------------------
+# Diversity
+
+
+def test_distinct_n_pools_ngrams_over_texts():
+    # bigrams: (a b) (b a) (a b) | (a b) (b c): 3 unique of 5
+    assert M.distinct_n(["a b a b", "A b c"], 2) == pytest.approx(3 / 5)
+    assert M.distinct_n(["a b c"], 1) == 1.0
+    assert math.isnan(M.distinct_n(["one"], 2))
+
+
+def test_bleu_matches_hand_computed_values():
+    hyp, ref = "the cat sat on the mat".split(), "the cat sat on a mat".split()
+    # p1 = 5/6, p2 = 3/5, p3 = 2/4, p4 = 1/3, brevity 1 -> (1/12) ** (1/4)
+    assert M.bleu(hyp, [ref]) == pytest.approx((1 / 12) ** 0.25)
+    # Short hypothesis: p1 = p2 = 1, p3 = p4 = 0.1 (smoothing: 0.1 / max(1, 0)), brevity exp(1 - 6/2)
+    assert M.bleu("the cat".split(), ["the cat sat on the mat".split()]) == pytest.approx(math.sqrt(0.1) * math.exp(-2))
+    # Clipping: "the the the" against "the cat": p1 = 1/3; no bigram -> smoothed; shorter ref -> no penalty.
+    assert M.bleu("the the the".split(), ["the cat".split()]) == pytest.approx((1 / 3 * 0.1 / 2 * 0.1 / 1 * 0.1 / 1) ** 0.25)
+    assert M.bleu(["x"], [["y"]]) == 0.0
+
+
+def test_self_bleu():
+    assert M.self_bleu(["a b c d e", "a b c d e", "a b c d e"]) == pytest.approx(1.0)
+    assert M.self_bleu(["a b c d", "e f g h"]) == 0.0
+    assert math.isnan(M.self_bleu(["only one"]))
+    # Each against the other: symmetric here, so the mean is the pair's BLEU.
+    pair = ["the cat sat on the mat", "the cat sat on a mat"]
+    assert M.self_bleu(pair) == pytest.approx((1 / 12) ** 0.25)
+
+
+def test_self_similarity_and_unique_fraction():
+    e = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    assert M.self_similarity(e) == pytest.approx(2 / 6)  # pairs (0, 2) and (2, 0) are 1, the rest 0
+    assert math.isnan(M.self_similarity(e[:1]))
+    assert M.unique_fraction(["a", "b", "a", "a"]) == 0.5
+
+
+# --------------------------------------------------------------------------------------------
+# Claim arithmetic
+
+
+def test_curve_value_interpolates_and_never_extrapolates():
+    assert report.curve_value(0.5, [1.0, 0.0], [0.0, 1.0]) == pytest.approx(0.5)
+    assert math.isnan(report.curve_value(1.5, [0.0, 1.0], [1.0, 0.0]))
+    assert report.verdict(0.01, 0.2) == "reproduces"
+    assert report.verdict(-0.2, -0.01) == "contradicted"
+    assert report.verdict(-0.1, 0.1) == "inconclusive"
+    assert report.verdict(1.2, 1.5, null=1.0) == "reproduces"
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+
+
+def test_data_splits_are_fixed_and_balanced():
+    from real_vllm.quality import data
+
+    wiki = data.wiki_prompts(2)
+    assert [w.split for w in wiki] == ["tune", "tune", "test", "test"]
+    assert all(w.prompt.startswith(w.title + "\n\n") and w.title in w.evidence for w in wiki)
+    assert [w.id for w in data.wiki_prompts(3)][:2] == [w.id for w in wiki][:2]  # larger runs are supersets
+    trivia = data.trivia_items(3)
+    assert [t.split for t in trivia] == ["tune"] * 3 + ["test"] * 3
+    assert all(t.answers and t.question for t in trivia)
+    assert {t.split for t in trivia} == {data.split_of(t.question) for t in trivia}
+    sources = {t.source for t in data.red_trivia_items()} | {t.source for t in data.fanoutqa_items()[:1]}
+    assert sources == set(data.TRIVIA_LISTS) | {"fanoutqa"}
+
+
+# --------------------------------------------------------------------------------------------
+# End to end on the tiny model
+
+
+@pytest.mark.engine
+@pytest.mark.timeout(600)
+def test_eval_quick_end_to_end(tiny_model_dir, tmp_path):
+    from real_vllm.quality.run import main, sweep
+    from tests.conftest import engine_env
+    from tests.thf_fixtures import build_tiny_thf
+
+    thf = build_tiny_thf(tmp_path / "thf", tiny_model_dir)
+    with engine_env():
+        main(["--quick", "--model", str(tiny_model_dir), "--real-thf", str(thf), "--out", str(tmp_path), "--bootstrap", "200"])
+    [csv_path] = tmp_path.glob("quality_quick_*.csv")
+    rows = list(csv.DictReader(open(csv_path)))
+    labels = {p.label for p in sweep(quick=True, seeds=2)}
+    assert {r["label"] for r in rows} == labels
+    assert {r["split"] for r in rows} == {"tune", "test", "all"}
+    by = {(r["label"], r["task"], r["split"]): r for r in rows}
+    # Greedy points run one seed: its copies are identical.
+    assert float(by[("greedy", "wiki", "all")]["self_bleu"]) == pytest.approx(1.0)
+    assert float(by[("greedy", "trivia", "all")]["answer_distinct"]) == pytest.approx(0.5)
+    assert float(by[("top_p=1", "wiki", "all")]["self_bleu"]) < 1.0
+    assert ("vs k=2 T=0.7", "wiki", "all") not in by and ("vs k=2 T=0.7", "trivia", "all") in by
+    for r in rows:
+        for name in ("ne_er", "distinct_4", "self_bleu", "accuracy", "answer_distinct"):
+            value = float(r[name])
+            assert math.isnan(value) or 0 <= value <= 1, (r["label"], name, value)
+    assert csv_path.with_suffix(".png").stat().st_size > 10_000
+    md = csv_path.with_suffix(".md").read_text()
+    for name in ("REAL", "SLED", "EDT", "Verbalized Sampling"):
+        assert f"**{name}**" in md
+    samples = tmp_path / (csv_path.stem + "_samples.json.gz")
+    # --rescore measures the saved texts again, without an engine: the same rows.
+    main(["--rescore", str(samples), "--out", str(tmp_path / "again"), "--bootstrap", "200"])
+    assert (tmp_path / "again" / csv_path.name).read_text() == csv_path.read_text()
