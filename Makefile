@@ -16,7 +16,7 @@ PIP_INDEX := $(if $(PIP_EXTRA_INDEX),--extra-index-url $(PIP_EXTRA_INDEX))
 HAS_NVIDIA_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
 PYTEST := $(PY) -m pytest -q -p no:cacheprovider
 
-.PHONY: demo test bench bench-quick quality quality-quick serve venv model thf-family clean
+.PHONY: demo test bench bench-quick load quality quality-quick serve venv model thf-family clean
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/real-vllm model
@@ -39,6 +39,10 @@ bench-quick: $(VENV)/.installed
 	$(PY) -m benchmarks.bench_serve --quick
 	$(PY) -m benchmarks.bench_sled --quick
 	$(PY) -m benchmarks.vs_diversity --quick
+
+# The load run: mixed samplers at high concurrency for 5 minutes, seeded probes, server RSS.
+load: $(VENV)/.installed
+	$(PY) -m benchmarks.load_run --minutes 5
 
 # Quality: factuality vs diversity of every method on the default model (real-vllm eval):
 # benchmarks/results/quality_<machine>.{csv,png,md} (about an hour on 2 CPU cores; quality-quick:
