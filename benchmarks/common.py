@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import os
 import platform
 import re
@@ -11,6 +10,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from real_vllm.quality.report import write_csv  # noqa: F401  (one CSV writer for both)
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -32,12 +33,6 @@ def machine_name() -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", name.strip()).strip("-").lower()
 
 
-def write_csv(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def median_ms(fn, setup, reps: int) -> float:
