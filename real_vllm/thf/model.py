@@ -5,13 +5,18 @@ states, one Linear(hidden, K) initialised to zero, exp() on every output. The pa
 Pythia-70M; here the backbone is a transformers LlamaModel trained from scratch on the family's
 tokenizer, because no small pretrained model with the SmolLM2 vocabulary exists offline.
 
-Default backbone (DEFAULT_BACKBONE, for the SmolLM2 tokenizer's 49,152 tokens): 4 layers, hidden
-256, 4 heads of 64 (2 KV heads), MLP 512, RoPE, 1,024 positions, and a factorised input embedding
-(vocab x 48 lookup, then 48 -> 256): 4.7M parameters, a 9.5 MB float16 checkpoint. A full
-49,152 x 256 embedding alone would be 12.6M parameters (25 MB in float16), three quarters of the
-model, for a task that needs coarse token identity plus context, so the embedding is low-rank
-(as in ALBERT). Checkpoints are stored in float16 (half the bytes; a trained net's weights lie far
-inside float16's range, which save() checks) and loaded into float32 by default.
+Default backbone (DEFAULT_BACKBONE, for the SmolLM2 tokenizer's 49,152 tokens): 2 layers, hidden
+128, 2 heads of 64 (1 KV head), MLP 256, RoPE, 1,024 positions, and a factorised input embedding
+(vocab x 48 lookup, then 48 -> 128): 2.7M parameters (0.3M outside the embedding), a 5.3 MB
+float16 checkpoint. It is small because REAL runs it at every decode step on every REAL row's
+40-token window: 40 tokens of THF per generated token. The earlier default (4 layers, hidden
+256: 2.4M non-embedding parameters) cost 85 ms per step at 32 rows on one CPU core, a third of
+the default model's own decode step, for a held-out loss only 3% lower (1.475 vs 1.521; see
+checkpoints/smollm2/RECIPE.md); this one costs 14 ms. A full 49,152 x 128 embedding would be
+6.3M parameters, most of the model, for a task that needs coarse token identity plus context,
+so the embedding is low-rank (as in ALBERT). Checkpoints are stored in float16 (half the bytes;
+a trained net's weights lie far inside float16's range, which save() checks) and loaded into
+float32 by default.
 
 Checkpoint folder (self-contained; `THFModel.load(dir)` needs nothing else):
     model.safetensors       weights
@@ -45,11 +50,11 @@ WEIGHTS_FILE = "model.safetensors"
 DEFAULT_WINDOW = 40  # ALGORITHMS.md 2.2: THF reads the last 40 tokens at decode time
 
 DEFAULT_BACKBONE = {
-    "hidden_size": 256,
-    "intermediate_size": 512,
-    "num_hidden_layers": 4,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
+    "hidden_size": 128,
+    "intermediate_size": 256,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 1,
     "head_dim": 64,
     "max_position_embeddings": 1024,
     "rms_norm_eps": 1e-5,
