@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -71,7 +72,9 @@ METRICS = [
 ]
 
 
-def bench(server, model_dir: str, served: str, options: list[str], xargs: dict, load: dict, out: Path) -> dict:
+def bench(server, model_dir: str, served: str, options: list[str], xargs: dict, load: dict, out: Path,
+          warmups: int = 0) -> dict:
+    """One `vllm bench serve` run; `warmups` requests (same sampler) go first, untimed."""
     cmd = [
         sys.executable, "-m", "real_vllm.cli", "vllm", "bench", "serve",
         "--backend", "openai", "--base-url", server.base_url.removesuffix("/v1"),
@@ -82,7 +85,7 @@ def bench(server, model_dir: str, served: str, options: list[str], xargs: dict, 
         "--seed", "0", "--percentile-metrics", "ttft,tpot,itl", "--metric-percentiles", "50,99",
         "--extra-body", json.dumps({"vllm_xargs": xargs}), "--disable-tqdm",
         "--save-result", "--result-dir", str(out.parent), "--result-filename", out.name,
-        *options,
+        "--num-warmups", str(warmups), *options,
     ]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
@@ -103,7 +106,10 @@ def serve_rows(model_dir: str, server: str, server_args: list[str], configs: dic
     args = ["--served-model-name", "bench", "--max-num-seqs", str(max(32, load["concurrency"])), *server_args]
     with LocalServer(model_dir, args, progress=True) as live, tempfile.TemporaryDirectory() as tmp:
         for name, (options, xargs) in tqdm(configs.items(), desc=f"{server} server", unit="config"):
-            result = bench(live, model_dir, "bench", options, xargs, load, Path(tmp) / f"{len(rows)}.json")
+            # Warm-up first (a concurrency's worth): the first config on a fresh server otherwise
+            # pays the engine's first-batch costs and every ratio against it is skewed.
+            result = bench(live, model_dir, "bench", options, xargs, load, Path(tmp) / f"{len(rows)}.json",
+                           warmups=load["concurrency"])
             row = {"sampler": name, "server": server, **{k: round(result[key], 3) for k, key in METRICS}}
             row["completed"] = result["completed"]
             row["failed"] = result.get("failed", load["num_prompts"] - result["completed"])
@@ -121,6 +127,12 @@ def main(argv=None) -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--input-len", type=int, default=64)
     parser.add_argument("--output-len", type=int, default=64)
+    parser.add_argument("--serve-args", default="", metavar="ARGS",
+                        help="extra `real-vllm serve` options for both servers, e.g. "
+                             "'--dtype bfloat16 --no-enforce-eager' (vLLM's own CPU defaults: the model's "
+                             "dtype, torch.compile); the default is float32, eager")
+    parser.add_argument("--tag", default="", help="name suffix of the CSV/PNG (e.g. bf16-compiled)")
+    parser.add_argument("--no-sled-server", action="store_true", help="serve only the plain server's rows")
     args = parser.parse_args(argv)
 
     from real_vllm.assets import default_model_dir
@@ -131,8 +143,10 @@ def main(argv=None) -> None:
     model_dir = args.model or str(default_model_dir())
     configs = {**CONFIGS, **(REAL_CONFIGS if real_available(model_dir) else {})}
     sled_configs = {k: v for k, v in SLED_CONFIGS.items() if not args.quick or k in SLED_QUICK}
-    rows = serve_rows(model_dir, "plain", [], configs, load)
-    rows += serve_rows(model_dir, "sled", SLED_SERVER_ARGS, sled_configs, load)
+    serve_args = shlex.split(args.serve_args)
+    rows = serve_rows(model_dir, "plain", serve_args, configs, load)
+    if not args.no_sled_server:
+        rows += serve_rows(model_dir, "sled", [*serve_args, *SLED_SERVER_ARGS], sled_configs, load)
     base = {r["sampler"]: r["output_tok_s"] for r in rows}
     server_plain = {"plain": base["plain"], "sled": base.get("plain (sled server)")}
     for r in rows:
@@ -140,8 +154,9 @@ def main(argv=None) -> None:
         r["x_plain_top_p"] = round(r["output_tok_s"] / base["plain top-p 0.95"], 3)
         own = server_plain[r["server"]]
         r["x_server_plain"] = round(r["output_tok_s"] / own, 3) if own else ""
-        r.update({f"load_{k}": v for k, v in load.items()}, machine=machine_name())
-    stem = "serve_quick" if args.quick else "serve"
+        r.update({f"load_{k}": v for k, v in load.items()}, serve_args=args.serve_args or "(float32, eager)",
+                 machine=machine_name())
+    stem = ("serve_quick" if args.quick else "serve") + (f"_{args.tag}" if args.tag else "")
     csv_path = RESULTS / f"{stem}_{machine_name()}.csv"
     write_csv(csv_path, rows)
     plot(rows, csv_path.with_suffix(".png"))

