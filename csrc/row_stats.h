@@ -56,6 +56,20 @@ REAL_VLLM_INLINE float clamp_to_exp_floor(float x) {
   return out;
 }
 
+// Rounding by adding 1.5 * 2^23: t = y + kRound holds round(y) in its low mantissa bits, so
+// k = t - kRound is round(y) as a float and 2^k comes from t's bits, with no float->int
+// conversion (no UB, vectorises). k = -127 gives the exponent field 0, i.e. exactly 0.0.
+constexpr float kRound = 12582912.0f;
+REAL_VLLM_INLINE float pow2_of_rounded(float t) {
+  constexpr int32_t kRoundBits = 0x4B400000;
+  int32_t t_bits;
+  std::memcpy(&t_bits, &t, sizeof t_bits);
+  const uint32_t pow2_bits = static_cast<uint32_t>(t_bits - kRoundBits + 127) << 23;
+  float pow2k;
+  std::memcpy(&pow2k, &pow2_bits, sizeof pow2k);
+  return pow2k;
+}
+
 // exp(x) for x <= 0, branch-free so it vectorises; relative error below 1e-7 (Cephes expf:
 // Cody-Waite reduction by ln 2, then a polynomial). x below about -87.7, -inf and NaN give
 // exactly 0, so masked (-inf) tokens contribute exactly nothing.
@@ -63,19 +77,11 @@ REAL_VLLM_INLINE float exp_nonpos(float x) {
   constexpr float kLog2e = 1.44269504088896341f;
   constexpr float kLn2Hi = 0.693359375f;  // ln 2 split so k * kLn2Hi is exact
   constexpr float kLn2Lo = -2.12194440e-4f;
-  constexpr float kRound = 12582912.0f;   // 1.5 * 2^23: adding it rounds to an integer
-  constexpr int32_t kRoundBits = 0x4B400000;
 
   const float xc = clamp_to_exp_floor(x);
-  // k = round(x / ln 2), read off the mantissa bits: no float->int conversion, no UB.
-  const float t = xc * kLog2e + kRound;
+  const float t = xc * kLog2e + kRound;  // k = round(x / ln 2); x below about -87.7: 2^k = 0
   const float k = t - kRound;
-  int32_t t_bits;
-  std::memcpy(&t_bits, &t, sizeof t_bits);
-  // 2^k from its exponent field; k = -127 (x below about -87.7) gives the field 0, i.e. 0.0.
-  const uint32_t pow2_bits = static_cast<uint32_t>(t_bits - kRoundBits + 127) << 23;
-  float pow2k;
-  std::memcpy(&pow2k, &pow2_bits, sizeof pow2k);
+  const float pow2k = pow2_of_rounded(t);
 
   float r = xc - k * kLn2Hi;
   r = r - k * kLn2Lo;
@@ -95,16 +101,9 @@ REAL_VLLM_INLINE float exp_nonpos(float x) {
 // Cheaper than exp_nonpos (no Cody-Waite split, one degree less): the entropy pass is bound
 // by exps, not by memory.
 REAL_VLLM_INLINE float exp2_nonpos(float y) {
-  constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
-  constexpr int32_t kRoundBits = 0x4B400000;
   const float t = y + kRound;
-  const float k = t - kRound;
-  const float f = y - k;
-  int32_t t_bits;
-  std::memcpy(&t_bits, &t, sizeof t_bits);
-  const uint32_t pow2_bits = static_cast<uint32_t>(t_bits - kRoundBits + 127) << 23;
-  float pow2k;
-  std::memcpy(&pow2k, &pow2_bits, sizeof pow2k);
+  const float f = y - (t - kRound);
+  const float pow2k = pow2_of_rounded(t);
   float p = 1.3276471e-3f;
   p = p * f + 9.6755419e-3f;
   p = p * f + 5.5507131e-2f;
