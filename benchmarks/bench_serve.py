@@ -136,6 +136,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
 
     from real_vllm.assets import default_model_dir
+    from real_vllm.server import CPU_SERVE_ARGS
 
     load = dict(num_prompts=args.num_prompts, concurrency=args.concurrency, input_len=args.input_len, output_len=args.output_len)
     if args.quick:
@@ -154,7 +155,7 @@ def main(argv=None) -> None:
         r["x_plain_top_p"] = round(r["output_tok_s"] / base["plain top-p 0.95"], 3)
         own = server_plain[r["server"]]
         r["x_server_plain"] = round(r["output_tok_s"] / own, 3) if own else ""
-        r.update({f"load_{k}": v for k, v in load.items()}, serve_args=args.serve_args or "(float32, eager)",
+        r.update({f"load_{k}": v for k, v in load.items()}, serve_args=" ".join([*CPU_SERVE_ARGS, *serve_args]),
                  machine=machine_name())
     stem = ("serve_quick" if args.quick else "serve") + (f"_{args.tag}" if args.tag else "")
     csv_path = RESULTS / f"{stem}_{machine_name()}.csv"

@@ -40,6 +40,7 @@ constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 // exp_nonpos clamps its argument here: e^-88 is below the smallest normal float, so it and
 // everything under it (-inf included) comes out exactly 0.
 constexpr float kExpFloor = -88.0f;
+constexpr float kLog2e = 1.44269504088896341f;
 constexpr double kLn2 = 0.69314718055994531;
 
 // max(x, kExpFloor) (-inf -> kExpFloor) in bit operations. A plain select would let the
@@ -74,7 +75,6 @@ REAL_VLLM_INLINE float pow2_of_rounded(float t) {
 // Cody-Waite reduction by ln 2, then a polynomial). x below about -87.7, -inf and NaN give
 // exactly 0, so masked (-inf) tokens contribute exactly nothing.
 REAL_VLLM_INLINE float exp_nonpos(float x) {
-  constexpr float kLog2e = 1.44269504088896341f;
   constexpr float kLn2Hi = 0.693359375f;  // ln 2 split so k * kLn2Hi is exact
   constexpr float kLn2Lo = -2.12194440e-4f;
 
@@ -157,7 +157,6 @@ REAL_VLLM_INLINE SoftmaxStats softmax_stats(const float* row, int64_t n) {
 
     // In base 2 (y = (l - m) log2 e, so s = ln 2 * sum e y), with float sums over the chunk
     // (at most 128 terms a SIMD lane) moved into the double totals once a chunk.
-    constexpr float kLog2e = 1.44269504088896341f;
     const float m = st.max;
     float z = 0.0f, s2 = 0.0f;
 #pragma omp simd reduction(+ : z, s2)

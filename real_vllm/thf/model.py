@@ -12,7 +12,7 @@ float16 checkpoint. It is small because REAL runs it at every decode step on eve
 40-token window: 40 tokens of THF per generated token. The earlier default (4 layers, hidden
 256: 2.4M non-embedding parameters) cost 85 ms per step at 32 rows on one CPU core, a third of
 the default model's own decode step, for a held-out loss only 3% lower (1.475 vs 1.521; see
-checkpoints/smollm2/RECIPE.md); this one costs 14 ms. A full 49,152 x 128 embedding would be
+checkpoints/smollm2/RECIPE.md); this one costs 15 ms. A full 49,152 x 128 embedding would be
 6.3M parameters, most of the model, for a task that needs coarse token identity plus context,
 so the embedding is low-rank (as in ALBERT). Checkpoints are stored in float16 (half the bytes;
 a trained net's weights lie far inside float16's range, which save() checks) and loaded into
