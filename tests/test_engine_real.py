@@ -50,3 +50,21 @@ def test_seeded_real_request_gives_the_same_tokens_alone_and_in_a_batch(llm):
     alone = [list(o.outputs[0].token_ids) for o in llm.generate(PROMPTS[:1], [target], use_tqdm=False)]
     batched = ids(llm, [target, sp(1), sp(2, sampler="edt"), sp(3, sampler="real")])
     assert batched[0] == alone[0]
+
+
+def test_cross_tokenizer_real_serves_the_tiny_model_with_the_shipped_thf(tiny_model_dir):
+    """REAL through vLLM with a THF of another tokenizer (SmolLM2's) and real_retokenize: it
+    serves, its nucleus changes tokens, and a seeded request is the same alone and batched."""
+    from real_vllm.thf.runtime import SHIPPED_CHECKPOINT
+
+    if not SHIPPED_CHECKPOINT.is_dir():
+        pytest.skip("the shipped SmolLM2 THF is not in this checkout")
+    llm = make_llm(tiny_model_dir, additional_config={"real_thf": str(SHIPPED_CHECKPOINT), "real_retokenize": True})
+    try:
+        target = sp(77, sampler="real", real_p0=0.9, real_decay_temperature=0.3)
+        alone = ids(llm, [target] * 4)
+        batched = ids(llm, [target, sp(1), sp(2, sampler="edt"), sp(3, sampler="real")])
+        assert batched[0] == alone[0]
+        assert alone != ids(llm, [sp(77)] * 4)
+    finally:
+        close_llm(llm)

@@ -50,6 +50,7 @@ def test_request_overrides_server_default():
         ({"sampler": "real", "real_decay_temperature": -2.0}, "real_decay_temperature"),
         ({"sampler": "edt+real", "real_decay_temperature": float("nan")}, "real_decay_temperature"),
         ({"sampler": "real", "real_thf": "/tmp/x"}, "real_thf"),  # a server setting, not per request
+        ({"sampler": "real", "real_retokenize": True}, "real_retokenize"),
     ],
 )
 def test_bad_values_name_the_parameter(args, name):

@@ -159,3 +159,112 @@ def test_shipped_thf_for_another_tokenizer_only_disables_real(tiny_model_dir, th
     assert RealVllmLogitsProcessor(vllm_config(other), torch.device("cpu"), False).thf is None
     with pytest.raises(ValueError, match="another tokenizer"):
         RealVllmLogitsProcessor(vllm_config(other, sampler="real"), torch.device("cpu"), False)
+
+
+# ----------------------------------------------------------------------------- cross-tokenizer
+
+@pytest.fixture(scope="module")
+def shipped_thf():
+    from real_vllm.thf.runtime import SHIPPED_CHECKPOINT
+
+    if not SHIPPED_CHECKPOINT.is_dir():
+        pytest.skip("the shipped SmolLM2 THF is not in this checkout")
+    return SHIPPED_CHECKPOINT
+
+
+def retokenised_threshold(served, thf_dir, served_ids, p0, decay):
+    """p_t from the THF on the whole served text re-tokenised with the THF's tokenizer; tokens
+    that end inside a character wait for the rest of it (real_vllm/thf/retokenize.py)."""
+    from transformers import AutoTokenizer
+
+    text = served.decode(served_ids, skip_special_tokens=False, clean_up_tokenization_spaces=False).rstrip("\ufffd")
+    ids = AutoTokenizer.from_pretrained(str(thf_dir))(text, add_special_tokens=False)["input_ids"]
+    return direct_threshold(thf_dir, ids, p0, decay)
+
+
+def assert_nucleus(out_row, logits_row, p_t):
+    want = reference.top_p_mask(logits_row[None], p_t.reshape(1))[0]
+    assert torch.equal(out_row.isfinite(), want.isfinite())
+
+
+def test_cross_tokenizer_thresholds_follow_the_retokenised_text(tiny_model_dir, shipped_thf):
+    """The tiny model (its own BPE) served with the SmolLM2 THF: mismatch refused without
+    real_retokenize, and with it every step's p_t is the THF's on the re-tokenised text."""
+    from transformers import AutoTokenizer
+
+    with pytest.raises(ValueError, match="--real-retokenize"):
+        RealVllmLogitsProcessor(vllm_config(tiny_model_dir, real_thf=str(shipped_thf)), torch.device("cpu"), False)
+    proc = RealVllmLogitsProcessor(vllm_config(tiny_model_dir, real_thf=str(shipped_thf), real_retokenize=True),
+                                   torch.device("cpu"), False)
+    served = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    vocab = len(served)
+    texts = ["Return the list of all the values in the mapping, in order; the caller owns it.",
+             "Zürich — 北京: naïve façade " * 40, "If"]
+    prompts = [served(t, add_special_tokens=False)["input_ids"] for t in texts]
+    outputs = [[], [], []]
+    params = [real(0.9, 0.5), real(0.8, 1.0), SamplingParams()]
+    proc.update_state(BatchUpdate(3, removed=[], added=[(i, p, prompts[i], outputs[i]) for i, p in enumerate(params)], moved=[]))
+    rng = np.random.default_rng(3)
+    continuation = served(" and then the value é is returned to the caller 北 unless", add_special_tokens=False)["input_ids"]
+    for step in range(len(continuation)):
+        logits = torch.from_numpy(rng.standard_normal((3, vocab)).astype(np.float32)) * 2
+        out = proc.apply(logits.clone())
+        for row in (0, 1):
+            args = params[row].extra_args
+            p_t = retokenised_threshold(served, shipped_thf, prompts[row] + outputs[row], args["real_p0"], args["real_decay_temperature"])
+            assert_nucleus(out[row], logits[row], p_t)
+        assert torch.equal(out[2], logits[2])
+        for row in range(3):  # vLLM appends the sampled token to the live output list
+            outputs[row].append(continuation[step])
+
+
+def test_cross_tokenizer_v2_reads_the_runner_token_history(tiny_model_dir, shipped_thf):
+    from transformers import AutoTokenizer
+
+    served = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    ids = served("The value of the key is returned; otherwise a KeyError — é 北 — is raised. " * 6,
+                 add_special_tokens=False)["input_ids"]
+    slots, max_len = 4, len(ids) + 8
+    all_ids = torch.zeros(slots, max_len, dtype=torch.int32)
+    all_ids[1, : len(ids)] = torch.tensor(ids)
+    other = served("Zürich: a naïve façade, 3.5 m² — " * 12, add_special_tokens=False)["input_ids"][:max_len]
+    all_ids[3, : len(other)] = torch.tensor(other)
+    total = torch.tensor([0, 10, 0, 25], dtype=torch.int32)
+    req_states = SimpleNamespace(
+        device=torch.device("cpu"), max_num_reqs=slots,
+        all_token_ids=SimpleNamespace(gpu=all_ids), total_len=SimpleNamespace(gpu=total),
+    )
+    proc = RealVllmLogitsProcessor(vllm_config(tiny_model_dir, real_thf=str(shipped_thf), real_retokenize=True), req_states)
+    for slot in (1, 3):
+        proc.add_request(slot, real(0.85, 0.6))
+    proc.apply_staged_writes()
+    order = [3, 1]
+    ctx = SimpleNamespace(expanded_idx_mapping=torch.tensor(order), idx_mapping=torch.tensor(order), idx_mapping_np=np.array(order))
+    for _ in range(30):  # each step the runner has one more token per request
+        logits = torch.randn(2, len(served)) * 2
+        out = proc.apply(logits.clone(), ctx)
+        for row, slot in enumerate(order):
+            p_t = retokenised_threshold(served, shipped_thf, all_ids[slot, : total[slot]].tolist(), 0.85, 0.6)
+            assert_nucleus(out[row], logits[row], p_t)
+        total[1] += 1
+        total[3] += 2
+
+
+def test_serve_flags_fold_into_additional_config(tmp_path, monkeypatch):
+    """`--sampler real --real-thf REL --real-retokenize` reach additional_config (the THF path
+    made absolute); a flag that contradicts --additional-config is refused."""
+    from vllm.engine.arg_utils import EngineArgs
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    from real_vllm.integration.plugin import register
+
+    register()
+    monkeypatch.chdir(tmp_path)
+    parser = EngineArgs.add_cli_args(FlexibleArgumentParser())
+    args = parser.parse_args(["--model", "m", "--sampler", "real", "--real-thf", "thf", "--real-retokenize"])
+    config = EngineArgs.from_cli_args(args).additional_config
+    assert config == {"sampler": "real", "real_thf": str(tmp_path / "thf"), "real_retokenize": True}
+    assert "real_retokenize" not in EngineArgs.from_cli_args(parser.parse_args(["--model", "m"])).additional_config
+    clash = parser.parse_args(["--model", "m", "--sampler", "edt", "--additional-config", '{"sampler": "real"}'])
+    with pytest.raises(ValueError, match="--sampler edt conflicts"):
+        EngineArgs.from_cli_args(clash)

@@ -70,6 +70,13 @@ def _add_sampler_flag(engine_args_cls) -> None:
             "embedded default model, if it applies).",
         )
         group.add_argument(
+            "--real-retokenize",
+            action="store_true",
+            default=None,
+            help="Serve REAL with a THF trained for another tokenizer: decode the served tokens "
+            "and re-tokenise the text with the THF's tokenizer (slower per step).",
+        )
+        group.add_argument(
             "--sled-layers",
             default=None,
             metavar="LAYERS",
@@ -99,6 +106,7 @@ def _add_sampler_flag(engine_args_cls) -> None:
         for flag, key in (
             ("--sampler", "sampler"),
             ("--real-thf", "real_thf"),
+            ("--real-retokenize", "real_retokenize"),
             ("--sled-layers", "sled_layers"),
             ("--dola-layers", "dola_layers"),
             ("--sled-early-norm", "sled_early_norm"),

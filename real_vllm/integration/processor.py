@@ -29,6 +29,7 @@ from vllm.v1.worker.gpu.sample.logits_processor.interface import (
 
 from real_vllm.integration.state import COLUMNS, SlotTable
 from real_vllm.methods import PARAM_PREFIXES, SERVER_KEYS, SAMPLERS, SamplerRequest, edt, parse_sampler_args, real
+from real_vllm.thf.retokenize import TextHistory
 from real_vllm.thf.runtime import right_aligned_windows
 
 if TYPE_CHECKING:
@@ -41,17 +42,13 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("real_vllm")
 
-# Server-level settings in additional_config that are not per-request parameters.
-THF_KEY = "real_thf"
-
-
 def server_defaults(vllm_config: VllmConfig) -> dict[str, Any]:
     """The sampler settings in ``additional_config``, validated (a bad one stops start-up)."""
     extra = dict(getattr(vllm_config, "additional_config", None) or {})
     defaults = {
         k: v
         for k, v in extra.items()
-        if k == "sampler" or (k.startswith(PARAM_PREFIXES) and k not in (THF_KEY, *SERVER_KEYS))
+        if k == "sampler" or (k.startswith(PARAM_PREFIXES) and k not in SERVER_KEYS)
     }
     try:
         parse_sampler_args(defaults)
@@ -143,7 +140,10 @@ class RealVllmLogitsProcessor(SlotLogitsProcessor):
         from real_vllm.thf.runtime import THFRuntime, TokenizerMismatch, resolve_checkpoint
 
         extra = getattr(vllm_config, "additional_config", None) or {}
-        path, chosen = resolve_checkpoint(extra.get(THF_KEY))
+        path, chosen = resolve_checkpoint(extra.get("real_thf"))
+        retokenize = extra.get("real_retokenize", False)
+        if not isinstance(retokenize, bool):
+            raise ValueError(f"real_vllm: real_retokenize must be true or false, got {retokenize!r}")
         real_default = "real" in SAMPLERS[self.defaults.get("sampler", "none")]
         if path is None:
             if real_default:
@@ -153,16 +153,29 @@ class RealVllmLogitsProcessor(SlotLogitsProcessor):
                 )
             return None
         try:
-            return THFRuntime.load(path, self.device, tokenizer=vllm_config.model_config.tokenizer)
+            thf = THFRuntime.load(path, self.device, tokenizer=vllm_config.model_config.tokenizer,
+                                  retokenize=retokenize)
         except TokenizerMismatch:
             if chosen or real_default:
                 raise
-            logger.info("real_vllm: the shipped THF is for another tokenizer; REAL needs --real-thf")
+            logger.info("real_vllm: the shipped THF is for another tokenizer; REAL needs --real-thf "
+                        "or --real-retokenize")
             return None
+        if thf.retokenizer is not None:
+            logger.info("real_vllm: REAL re-tokenises the served text with the THF's tokenizer (%s)", path)
+        return thf
 
     def _tokens(self, prompt_ids, output_ids):
         # output_ids is vLLM's live list: REAL reads the newest tokens from it each step.
+        if self.thf is not None and self.thf.retokenizer is not None:
+            return (prompt_ids or [], output_ids, TextHistory())
         return (prompt_ids or [], output_ids)
+
+    def add_request(self, req_idx: int, sampling_params: SamplingParams) -> bool:
+        runs = super().add_request(req_idx, sampling_params)
+        if self.thf is not None and self.thf.retokenizer is not None:
+            self.slots.tokens[req_idx] = TextHistory()  # V2: the tokens stay in the runner
+        return runs
 
     def is_argmax_invariant(self) -> bool:
         return True
@@ -219,6 +232,9 @@ class RealVllmLogitsProcessor(SlotLogitsProcessor):
         a [R, window] tensor (left padding), and their lengths."""
         width = self.thf.window
         slots = host_slots[rows]
+        if self.thf.retokenizer is not None:
+            windows, lengths = right_aligned_windows(self._retokenized(slots), width)
+            return windows.to(self.device), lengths.to(self.device)
         if self.req_states is None:  # V1: vLLM's token lists (a short slice per row)
             tails = [prompt[-width:] + output[-width:] for prompt, output in (self.slots.tokens[s] for s in slots)]
             windows, lengths = right_aligned_windows(tails, width)
@@ -231,3 +247,26 @@ class RealVllmLogitsProcessor(SlotLogitsProcessor):
         valid = pos >= 0
         tokens = self.req_states.all_token_ids.gpu[slot_idx[:, None], pos.clamp_min(0)]
         return torch.where(valid, tokens.long(), 0), total.clamp_max(width)
+
+    def _retokenized(self, slots: np.ndarray) -> list[list[int]]:
+        """Cross-tokenizer path: each row's new served tokens since the last step, fed to its
+        TextHistory; the THF ids of each row's window (see real_vllm/thf/retokenize.py)."""
+        retok = self.thf.retokenizer
+        if self.req_states is None:  # V1: the live token lists
+            histories, new = [], []
+            for prompt, output, history in (self.slots.tokens[s] for s in slots):
+                start = retok.start(history, len(prompt) + len(output))
+                histories.append(history)
+                new.append(output[start - len(prompt):] if start >= len(prompt) else prompt[start:] + output)
+            return retok.windows(histories, new)
+        # V2: the text is made on the host, so the rows' lengths and new tokens are copied there
+        # (two small copies per step; the same-tokenizer path needs none).
+        histories = [self.slots.tokens[s] for s in slots]
+        slot_idx = torch.from_numpy(slots).to(self.device)
+        totals = self.req_states.total_len.gpu[slot_idx].tolist()
+        starts = [retok.start(h, n) for h, n in zip(histories, totals)]
+        span = max(n - a for a, n in zip(starts, totals))
+        pos = torch.tensor(starts, device=self.device)[:, None] + torch.arange(span, device=self.device)[None, :]
+        tokens = self.req_states.all_token_ids.gpu[slot_idx[:, None], pos.clamp_max(self.req_states.all_token_ids.gpu.shape[1] - 1)]
+        host = tokens.cpu().tolist()
+        return retok.windows(histories, [row[: n - a] for row, a, n in zip(host, starts, totals)])

@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from real_vllm.methods import early_layers, real
 from real_vllm.methods.dola import DoLaConfig
-from real_vllm.methods.early_layers import SERVER_KEYS
 from real_vllm.methods.edt import EDTConfig
 from real_vllm.methods.params import _show
 from real_vllm.methods.real import REALConfig
@@ -31,6 +31,8 @@ SAMPLERS: dict[str, tuple[str, ...]] = {
 METHOD_CONFIGS = {"edt": EDTConfig, "real": REALConfig, "sled": SLEDConfig, "dola": DoLaConfig}
 PARAM_PREFIXES = tuple(f"{m}_" for m in METHOD_CONFIGS)
 KNOWN_PARAMS = ("sampler", *(k for c in METHOD_CONFIGS.values() for k in c.PARAMS))
+# additional_config keys that configure the server (its flags), never a request.
+SERVER_KEYS = early_layers.SERVER_KEYS + real.SERVER_KEYS
 
 
 def uses_early_layers(sampler: str) -> bool:

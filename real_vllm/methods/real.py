@@ -27,6 +27,8 @@ from real_vllm.thf.curves import threshold  # noqa: F401  (p_t = min(1, p0 exp(-
 
 
 TOP_P_DECAY = 1e9
+# Server settings (--real-thf, --real-retokenize), not request parameters.
+SERVER_KEYS = ("real_thf", "real_retokenize")
 
 
 @dataclass(frozen=True)

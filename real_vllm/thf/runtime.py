@@ -14,6 +14,7 @@ import torch
 
 from real_vllm.thf import curves
 from real_vllm.thf.model import THFCheckpointError, THFModel, load_tokenizer, predict_last
+from real_vllm.thf.retokenize import Retokenizer
 
 # The checkpoint shipped for the embedded default model (SmolLM2 tokenizer), when present.
 SHIPPED_CHECKPOINT = Path(__file__).parent / "checkpoints" / "smollm2"
@@ -47,20 +48,24 @@ class TokenizerMismatch(ValueError):
 
 
 class THFRuntime:
-    """A loaded THF and the residual entropy of batches of token windows."""
+    """A loaded THF and the residual entropy of batches of token windows. ``retokenizer`` is
+    set when the served model's tokenizer is another one: windows then come from its text."""
 
-    def __init__(self, model: THFModel, device: torch.device):
+    def __init__(self, model: THFModel, device: torch.device, retokenizer: Retokenizer | None = None):
         self.model = model
         self.config = model.config
         self.window = self.config.window
         self.device = device
+        self.retokenizer = retokenizer
 
     @classmethod
-    def load(cls, path: str | os.PathLike, device: torch.device, tokenizer: str | None = None) -> THFRuntime:
+    def load(cls, path: str | os.PathLike, device: torch.device, tokenizer: str | None = None,
+             retokenize: bool = False) -> THFRuntime:
         """Load a checkpoint for a server whose model uses ``tokenizer`` (a folder or name).
 
         Fails at start-up, with what to do, for a missing or corrupt checkpoint, a tokenizer
-        other than the served model's, or a window longer than the THF's context.
+        other than the served model's (unless ``retokenize``: the cross-tokenizer path), or a
+        window longer than the THF's context.
         """
         try:
             model = THFModel.load(path, device=device)
@@ -73,18 +78,23 @@ class THFRuntime:
                 f"real_vllm: the THF window ({config.window} tokens) is longer than its "
                 f"context ({context}); retrain with a shorter window"
             )
+        retokenizer = None
         if tokenizer is not None:
             from transformers import AutoTokenizer
 
             served = AutoTokenizer.from_pretrained(tokenizer)
-            if served.get_vocab() != load_tokenizer(path).get_vocab():
-                raise TokenizerMismatch(
-                    f"real_vllm: the THF at {path} was trained with another tokenizer than the "
-                    f"served model's ({tokenizer}); REAL reads the served token ids directly, so "
-                    "train a THF on a family with the served model's tokenizer "
-                    "(`real-vllm thf collect/train`, see the README)"
-                )
-        return cls(model, torch.device(device))
+            thf_tokenizer = load_tokenizer(path)
+            if served.get_vocab() != thf_tokenizer.get_vocab():
+                if not retokenize:
+                    raise TokenizerMismatch(
+                        f"real_vllm: the THF at {path} was trained with another tokenizer than the "
+                        f"served model's ({tokenizer}). Pass --real-retokenize to re-tokenise the "
+                        "served text with the THF's tokenizer (ALGORITHMS.md 2.2; costs a decode and "
+                        "an encode per REAL row and step), or train a THF on a family with the served "
+                        "model's tokenizer (`real-vllm thf collect/train`, see the README)"
+                    )
+                retokenizer = Retokenizer(served, thf_tokenizer, config.window)
+        return cls(model, torch.device(device), retokenizer)
 
     def curve_params(self, windows: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """THF outputs [R, K] at the last token of each right-aligned window.

@@ -1,0 +1,105 @@
+"""REAL with a THF whose tokenizer is not the served model's (ALGORITHMS.md 2.2, step 1):
+decode the served tokens to text and re-tokenise the text with the THF tokenizer.
+
+Chang et al. (arXiv 2406.07735) serve one Pythia-family THF for LLMs of other families this
+way. Each request keeps a ``TextHistory``, so a step costs the same at token 10 and 10,000:
+
+- only the new served tokens are decoded, together with a few already decoded ones
+  (``CONTEXT_TOKENS``) whose text is then subtracted: the way vLLM's incremental detokenizer
+  gets SentencePiece word starts and multi-byte characters right. Tokens that end inside a
+  character are decoded again with the next ones; meanwhile the text reads up to the last
+  complete character.
+- only the last ``TAIL_CHARS_PER_TOKEN * window`` characters are re-tokenised, cut at a
+  whitespace so that the THF tokenizer's pre-tokeniser splits the tail where it splits the whole
+  text, and the first THF token of a cut tail is dropped. The window then equals the last
+  ``window`` THF tokens of the whole re-tokenised text whenever they fit in the tail
+  (tests/test_retokenize.py checks it on real text, multi-byte characters included).
+
+All rows of a step go through one batched decode and one batched encode (the Rust tokenizers).
+"""
+
+from __future__ import annotations
+
+CONTEXT_TOKENS = 4  # decoded again with the new tokens, then subtracted
+TAIL_CHARS_PER_TOKEN = 16  # characters of text kept per THF window token
+MAX_PENDING = 8  # served tokens held back for an incomplete character before giving up
+REPLACEMENT = "\ufffd"
+
+
+class TextHistory:
+    """One request's sequence as text, built up step by step."""
+
+    __slots__ = ("fed", "context", "pending", "held", "text", "cut")
+
+    def __init__(self):
+        self.fed = 0  # served tokens taken so far (the sequence position reached)
+        self.context: list[int] = []  # the last decoded served tokens
+        self.pending: list[int] = []  # served tokens not yet in ``text`` (they end inside a character)
+        self.held = ""  # the complete characters of ``pending``'s text, read but not committed
+        self.text = ""
+        self.cut = False  # ``text`` starts after the sequence's start
+
+
+class Retokenizer:
+    """Served token ids -> THF windows, for a pair of tokenizers."""
+
+    def __init__(self, served_tokenizer, thf_tokenizer, window: int):
+        self.served = served_tokenizer
+        self.thf = thf_tokenizer
+        self.window = window
+        self.tail_chars = TAIL_CHARS_PER_TOKEN * window
+
+    def start(self, history: TextHistory, length: int) -> int:
+        """Where the served tokens to feed next begin, for a sequence of ``length`` tokens: a new
+        history reads only the tail of its prompt (each token is at least a character or a byte)."""
+        if history.fed == 0 and length > self.tail_chars:
+            history.fed = length - self.tail_chars
+            history.cut = True
+        return history.fed
+
+    def windows(self, histories: list[TextHistory], new_ids: list[list[int]]) -> list[list[int]]:
+        """Feed each history its served tokens from ``start`` on; the THF ids of each row's window."""
+        todo = []
+        for h, ids in zip(histories, new_ids):
+            h.fed += len(ids)
+            h.pending.extend(ids)
+            if h.pending:
+                todo.append(h)
+        if todo:
+            decode = dict(skip_special_tokens=False, clean_up_tokenization_spaces=False)
+            with_new = self.served.batch_decode([h.context + h.pending for h in todo], **decode)
+            before = self.served.batch_decode([h.context for h in todo], **decode)
+            for h, full, old in zip(todo, with_new, before):
+                # Byte-level and SentencePiece decoders both extend the context's text; anything
+                # else (a normaliser rewriting it) falls back to the longest common prefix.
+                start = len(old) if full.startswith(old) else len(_common_prefix(full, old))
+                new = full[start:]
+                if new.endswith(REPLACEMENT) and len(h.pending) < MAX_PENDING:
+                    h.held = new.rstrip(REPLACEMENT)
+                    continue
+                h.text, h.held = h.text + new, ""
+                h.context = (h.context + h.pending)[-CONTEXT_TOKENS:]
+                h.pending = []
+                if len(h.text) > 4 * self.tail_chars:  # keep memory bounded; the tail is all we read
+                    h.text, h.cut = h.text[-2 * self.tail_chars:], True
+        tails = [self._tail(h) for h in histories]
+        encoded = self.thf([t for t, _ in tails], add_special_tokens=False)["input_ids"]
+        return [(ids[1:] if cut else ids)[-self.window:] for ids, (_, cut) in zip(encoded, tails)]
+
+    def _tail(self, h: TextHistory) -> tuple[str, bool]:
+        """The text to re-tokenise and whether it starts after the sequence's start."""
+        text = h.text + h.held
+        if len(text) <= self.tail_chars and not h.cut:
+            return text, False
+        tail = text[-self.tail_chars:]  # may begin inside a word: start at the next word break
+        space = next((i for i in range(1, len(tail)) if tail[i].isspace() and not tail[i - 1].isspace()), 0)
+        return tail[space:], True
+
+
+def _common_prefix(a: str, b: str) -> str:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return a[:n]
