@@ -2,6 +2,7 @@
 
     python -m benchmarks.load_run                 # 5 minutes, default model (make load)
     python -m benchmarks.load_run --minutes 1     # shorter
+    python -m benchmarks.load_run --minutes 30 --sled-layers every:6   # the committed run
 
 One `real-vllm serve` of the default model with `--sampler sled` (so that every sampler can be
 asked for), loaded by one `vllm bench serve` client per sampler (none, edt, real, sled, dola;
@@ -56,6 +57,16 @@ def server_rss_mb(pid: int) -> float:
     return total / 2**20
 
 
+def rss_slope(series: list[tuple[float, float]], after_s: float) -> float | None:
+    points = [(t / 60, mb) for t, mb in series if t >= after_s]
+    if len(points) < 3:
+        return None
+    mt = sum(t for t, _ in points) / len(points)
+    mm = sum(mb for _, mb in points) / len(points)
+    slope = sum((t - mt) * (mb - mm) for t, mb in points) / sum((t - mt) ** 2 for t, _ in points)
+    return round(slope, 2)
+
+
 def probe(server, sampler: str, prompt: str, seed: int) -> str:
     body = {"model": "load", "prompt": prompt, "max_tokens": 24, "temperature": 1.0, "seed": seed,
             "vllm_xargs": MIX[sampler]}
@@ -74,6 +85,8 @@ def main(argv=None) -> None:
     parser.add_argument("--minutes", type=float, default=5.0)
     parser.add_argument("--concurrency", type=int, default=8, help="per sampler client (5 clients)")
     parser.add_argument("--model", help="model folder (default: the embedded default model)")
+    parser.add_argument("--sled-layers", default="all",
+                        help="the server's SLED early layers (all, every:K, a list); fewer = faster SLED rows, more churn")
     args = parser.parse_args(argv)
 
     from tqdm import tqdm
@@ -83,7 +96,8 @@ def main(argv=None) -> None:
 
     model_dir = args.model or str(default_model_dir())
     load = dict(num_prompts=4 * args.concurrency, concurrency=args.concurrency, input_len=64, output_len=64)
-    server_args = ["--sampler", "sled", "--served-model-name", "load", "--no-enable-chunked-prefill",
+    server_args = ["--sampler", "sled", "--sled-layers", args.sled_layers, "--served-model-name", "load",
+                   "--no-enable-chunked-prefill",
                    "--max-num-seqs", str(len(MIX) * args.concurrency + 8)]
     clients = {s: {"rounds": 0, "completed": 0, "failed": 0, "output_tokens": 0} for s in MIX}
     mismatches, probes_sent = [], 0
@@ -137,12 +151,15 @@ def main(argv=None) -> None:
 
     failed = sum(c["failed"] for c in clients.values())
     summary = {
-        "machine": machine_name(), "minutes": round(elapsed / 60, 2), "per_client_concurrency": args.concurrency,
+        "machine": machine_name(), "command": " ".join(["python -m benchmarks.load_run", *(argv or sys.argv[1:])]),
+        "sled_layers": args.sled_layers, "minutes": round(elapsed / 60, 2), "per_client_concurrency": args.concurrency,
         "total_concurrency": args.concurrency * len(MIX), "completed": sum(c["completed"] for c in clients.values()),
         "failed": failed, "client_errors": errors, "probes": probes_sent + 2 * len(idle), "probe_mismatches": mismatches,
         "rss_start_mb": round(rss_start, 1), "rss_peak_mb": round(rss_peak, 1), "rss_end_mb": round(rss_end, 1),
         # The first minute fills the engine's batch-size-dependent buffers; flat means no growth after.
         "rss_after_1_min_mb": next((mb for t, mb in rss_series if t >= 60), None),
+        # Least-squares MB per minute after the first 5 minutes (the buffers of new batch sizes).
+        "rss_slope_mb_per_min_after_5_min": rss_slope(rss_series, after_s=300),
         "rss_series": rss_series,
         "server_alive": alive, "output_tok_s": round(sum(c["output_tokens"] for c in clients.values()) / elapsed, 1),
         "clients": clients,
