@@ -185,7 +185,7 @@ def test_data_reads_an_archive_when_the_package_is_not_installed(tmp_path, monke
 
 @pytest.mark.engine
 @pytest.mark.timeout(600)
-def test_eval_quick_end_to_end(tiny_model_dir, tmp_path):
+def test_eval_quick_end_to_end(tiny_model_dir, tmp_path, monkeypatch):
     from real_vllm.quality.run import main, sweep
     from tests.conftest import engine_env
     from tests.thf_fixtures import build_tiny_thf
@@ -216,3 +216,12 @@ def test_eval_quick_end_to_end(tiny_model_dir, tmp_path):
     # --rescore measures the saved texts again, without an engine: the same rows.
     main(["--rescore", str(samples), "--out", str(tmp_path / "again"), "--bootstrap", "200"])
     assert (tmp_path / "again" / csv_path.name).read_text() == csv_path.read_text()
+    # --reuse takes every point the earlier run made: no engine starts, the same rows again.
+    import real_vllm.quality.run as run
+
+    monkeypatch.setattr(run, "start_engine", lambda *a: pytest.fail("--reuse started an engine for made points"))
+    same = ["--quick", "--model", str(tiny_model_dir), "--real-thf", str(thf), "--bootstrap", "200", "--reuse", str(samples)]
+    main(same + ["--out", str(tmp_path / "reused")])
+    assert (tmp_path / "reused" / csv_path.name).read_text() == csv_path.read_text()
+    with pytest.raises(SystemExit, match="seeds 2, this run has 3"):
+        main(same + ["--seeds", "3", "--out", str(tmp_path / "other")])

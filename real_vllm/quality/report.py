@@ -296,6 +296,13 @@ def _best_on_tune(stats: Stats, method: str, baseline: list[str], task: str) -> 
     return label_best
 
 
+def _best_sled_on_tune(stats: Stats, task: str, metric: str) -> str | None:
+    scores = {label: stats.value(label, task, "tune")[metric] for label, p in stats.points.items()
+              if p.method == "sled" and stats.has(label, task)}
+    scores = {label: v for label, v in scores.items() if not math.isnan(v)}
+    return max(scores, key=scores.get) if scores else None
+
+
 def claims(stats: Stats) -> tuple[list[dict], list[str]]:
     """The claims table's rows and one verdict line per method.
 
@@ -361,6 +368,12 @@ def claims(stats: Stats) -> tuple[list[dict], list[str]]:
                     found.append(add("sled", "beats greedy and DoLa on factual accuracy",
                                      f"{task}: {label}, SLED minus {other} (greedy decoding)",
                                      paired_difference(stats, default["sled"], o, task, metric), primary=task == "trivia"))
+            # The sweep's context: the (alpha, k) with the best tune score, judged on test.
+            best = _best_sled_on_tune(stats, task, metric)
+            if best and best != default["sled"] and "greedy" in pts:
+                add("sled", "beats greedy and DoLa on factual accuracy",
+                    f"{task}: {label}, SLED minus greedy, best setting on tune ({best})",
+                    paired_difference(stats, best, "greedy", task, metric))
     summarise("SLED", found, "beats greedy and DoLa on factual accuracy")
 
     summarise("EDT", frontier_rows("edt", "temperature", "balances quality and diversity better than any fixed temperature",
@@ -408,7 +421,9 @@ def summary(rows: list[dict], stats: Stats, points, args, model_name: str, machi
         f"`real-vllm eval{' --quick' if args.quick else ''}` (seeds {args.seeds}; wiki prompts tune/test "
         f"{n_items['wiki']['tune']}/{n_items['wiki']['test']}; trivia questions tune/test "
         f"{n_items['trivia']['tune']}/{n_items['trivia']['test']}; {len(points)} sweep points). Engine start "
-        f"{timing['startup_s']:.0f} s, generation {timing['generation_s']:.0f} s, metrics {timing['measure_s']:.0f} s.",
+        f"{timing['startup_s']:.0f} s, generation {timing['generation_s']:.0f} s"
+        + (f" ({timing['reused_points']} points' texts taken from an earlier run with --reuse; their time counted)"
+           if timing.get("reused_points") else "") + f", metrics {timing['measure_s']:.0f} s.",
         "Claims are judged on the **test** split (defaults come from the papers; the 'best on tune' rows pick a "
         "setting on the tune split only), with 90% bootstrap intervals over test items. A verdict comes from the "
         "rows marked * (see real_vllm/quality/report.py); the others are context.",

@@ -4,6 +4,7 @@
     real-vllm eval --quick         # a smoke run: a handful of prompts, a few sweep points (~2 min)
     real-vllm eval --only real,top_p,greedy --wiki 40 --trivia 100 --seeds 4
     real-vllm eval --rescore benchmarks/results/quality_<machine>_samples.json.gz   # metrics again, no engine
+    real-vllm eval --reuse benchmarks/results/quality_<machine>_samples.json.gz     # generate only new points
 
 Two tasks (data.py says where the data comes from and how it is split):
 
@@ -99,12 +100,18 @@ def sweep(quick: bool, seeds: int) -> list[Point]:
     decays = (2.0,) if quick else (2.0, 4.0, 8.0)
     points += [P("real", f"real decay={d:g}", 1.0, extra=(("sampler", "real"), ("real_decay_temperature", d)),
                  default=d == 2.0, value=d) for d in decays]
-    points += [
-        P("sled", "sled greedy alpha=2 k=10", 0.0, extra=(("sampler", "sled"), ("sled_alpha", 2.0), ("sled_k", 10)),
-          default=True, value=2.0),
-        P("dola", "dola greedy", 0.0, extra=(("sampler", "dola"),), default=True, value=0.0),
-        P("vs", f"vs k={seeds} T=0.7", 0.7, tasks=("trivia",), default=True, value=0.7),
-    ]
+    # SLED: alpha and k around the defaults (2, 10), within the reference's advice (alpha in
+    # [0.5, 3], k in {5, 10, 20}); DoLa: its plausibility cut-off around 0.1.
+    sleds = ((2.0, 10),) if quick else ((2.0, 10), (0.5, 10), (1.0, 10), (3.0, 10), (2.0, 5), (2.0, 20))
+    points += [P("sled", f"sled greedy alpha={a:g} k={k}", 0.0,
+                 extra=(("sampler", "sled"), ("sled_alpha", a), ("sled_k", k)), default=(a, k) == (2.0, 10), value=a)
+               for a, k in sleds]
+    dolas = (0.1,) if quick else (0.1, 0.01, 0.3)
+    points += [P("dola", "dola greedy" if r == 0.1 else f"dola greedy relative_top={r:g}", 0.0,
+                 extra=(("sampler", "dola"),) + ((("dola_relative_top", r),) if r != 0.1 else ()),
+                 default=r == 0.1, value=r)
+               for r in dolas]
+    points.append(P("vs", f"vs k={seeds} T=0.7", 0.7, tasks=("trivia",), default=True, value=0.7))
     return points
 
 
@@ -253,6 +260,8 @@ def parse_args(argv):
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals")
     parser.add_argument("--rescore", metavar="SAMPLES", help="measure and report the texts of an earlier run "
                         "(its _samples.json.gz) again, without an engine")
+    parser.add_argument("--reuse", metavar="SAMPLES", help="take the texts of the sweep points an earlier run "
+                        "(its _samples.json.gz, same prompts, seeds and engine settings) already made; generate the rest")
     args = parser.parse_args(argv)
     args.wiki = args.wiki if args.wiki is not None else (2 if args.quick else 20)
     args.trivia = args.trivia if args.trivia is not None else (4 if args.quick else 50)
@@ -261,11 +270,17 @@ def parse_args(argv):
         parser.error(f"--seeds must be >= 2 (diversity needs pairs), got {args.seeds}")
     if args.wiki < 1 or args.trivia < 1:
         parser.error("--wiki and --trivia must be >= 1")
+    if args.rescore and args.reuse:
+        parser.error("--rescore and --reuse exclude each other (--rescore generates nothing)")
     return args
 
 
 def _point_from_json(d: dict) -> Point:
     return Point(**{**d, "extra": tuple(tuple(x) for x in d["extra"]), "tasks": tuple(d["tasks"]), "also": tuple(d["also"])})
+
+
+# Runs saved before the engine settings were recorded used these.
+DEFAULT_ENGINE = {"sled_layers": None, "real_thf": None}
 
 
 def load_samples(path: str, data):
@@ -278,6 +293,25 @@ def load_samples(path: str, data):
     results = [Generated(_point_from_json(g["point"]), g["texts"], g["tokens"], g["seconds"], g["failures"])
                for g in saved["points"]]
     return saved, wiki, trivia, results
+
+
+def _point_key(point: Point) -> str:
+    return json.dumps(dataclasses.asdict(point), sort_keys=True)
+
+
+def reusable_points(path: str, data, args, model_name: str, engine: dict) -> dict[str, Generated]:
+    """The points of an earlier run that this one may take as they are, by their settings: the
+    run must have had the same model, prompts, seeds and engine settings (else exit, saying which)."""
+    if not os.path.exists(path):
+        sys.exit(f"real-vllm eval --reuse: no file {path}")
+    saved, _, _, results = load_samples(path, data)
+    for what, theirs, ours in (("model", saved["model"], model_name), ("seeds", saved["seeds"], args.seeds),
+                               ("wiki prompts per split", saved["wiki_per_split"], args.wiki),
+                               ("questions per split", saved["trivia_per_split"], args.trivia),
+                               ("engine settings", saved.get("engine", DEFAULT_ENGINE), engine)):
+        if theirs != ours:
+            sys.exit(f"real-vllm eval --reuse: {path} was made with {what} {theirs!r}, this run has {ours!r}")
+    return {_point_key(g.point): g for g in results}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -310,23 +344,33 @@ def main(argv: list[str] | None = None) -> None:
                 sys.exit(f"real-vllm eval: --only {args.only!r} matches no sweep point")
         wiki = data.wiki_prompts(args.wiki)
         trivia = data.trivia_items(args.trivia)
-        sampled = sum(1 for p in points if not p.greedy and p.method != "vs")
-        print(f"{model_name}: {len(points)} sweep points ({sampled} sampled x {args.seeds} seeds), "
-              f"{len(wiki)} wiki prompts x {WIKI_MAX_TOKENS} tokens, {len(trivia)} questions x <= {TRIVIA_MAX_TOKENS} tokens",
-              file=sys.stderr)
+        engine = {"sled_layers": args.sled_layers,
+                  "real_thf": os.path.abspath(args.real_thf) if args.real_thf else None}
+        done = reusable_points(args.reuse, data, args, model_name, engine) if args.reuse else {}
+        todo = [p for p in points if _point_key(p) not in done]
+        sampled = sum(1 for p in todo if not p.greedy and p.method != "vs")
+        print(f"{model_name}: {len(todo)} sweep points to generate ({sampled} sampled x {args.seeds} seeds)"
+              + (f", {len(points) - len(todo)} taken from {args.reuse}" if args.reuse else "")
+              + f", {len(wiki)} wiki prompts x {WIKI_MAX_TOKENS} tokens, {len(trivia)} questions x <= "
+              f"{TRIVIA_MAX_TOKENS} tokens", file=sys.stderr)
+        generated: dict[str, Generated] = {}
         started = time.perf_counter()
-        llm = start_engine(model, args.sled_layers, args.real_thf, args.max_num_seqs)
-        startup = time.perf_counter() - started
-        results: list[Generated] = []
-        try:
-            chat_ids = chat_prompt_ids(llm, [t.question for t in trivia])
-            for point in tqdm(points, desc="sweep points", unit="point", file=sys.stderr):
-                tqdm.write(f"-- {point.label}", file=sys.stderr)
-                results.append(generate_point(llm, point, wiki, trivia, chat_ids, args.seeds))
-        finally:
-            llm.llm_engine.engine_core.shutdown()
-            del llm
-        timing = {"startup_s": startup, "generation_s": time.perf_counter() - started - startup}
+        startup = 0.0
+        if todo:
+            llm = start_engine(model, args.sled_layers, args.real_thf, args.max_num_seqs)
+            startup = time.perf_counter() - started
+            try:
+                chat_ids = chat_prompt_ids(llm, [t.question for t in trivia])
+                for point in tqdm(todo, desc="sweep points", unit="point", file=sys.stderr):
+                    tqdm.write(f"-- {point.label}", file=sys.stderr)
+                    generated[_point_key(point)] = generate_point(llm, point, wiki, trivia, chat_ids, args.seeds)
+            finally:
+                llm.llm_engine.engine_core.shutdown()
+                del llm
+        results = [generated.get(_point_key(p)) or done[_point_key(p)] for p in points]
+        # Generation time of every point, reused ones included (each Generated keeps its seconds).
+        timing = {"startup_s": startup, "generation_s": sum(g.seconds for g in results),
+                  "reused_points": len(points) - len(todo)}
 
     measure_start = time.perf_counter()
     rows, stats = report.measure(results, wiki, trivia, args.seeds, model_name, machine, args.bootstrap)
@@ -336,7 +380,7 @@ def main(argv: list[str] | None = None) -> None:
         with gzip.open(out_dir / f"{stem}_samples.json.gz", "wt", encoding="utf-8") as f:
             json.dump({
                 "model": model_name, "machine": machine, "seeds": args.seeds, "quick": args.quick,
-                "wiki_per_split": args.wiki, "trivia_per_split": args.trivia, "timing": timing,
+                "wiki_per_split": args.wiki, "trivia_per_split": args.trivia, "timing": timing, "engine": engine,
                 "wiki": [{"id": w.id, "split": w.split, "prompt": w.prompt} for w in wiki],
                 "trivia": [{"id": t.id, "split": t.split, "question": t.question, "answers": t.answers} for t in trivia],
                 "points": [{"point": dataclasses.asdict(g.point), "texts": g.texts, "tokens": g.tokens,
