@@ -26,21 +26,20 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed bench-quick
 	$(PYTEST)
 
-# The op table, the serving table, SLED's decode cost by layer count, REAL's re-tokenisation cost
-# and VS diversity: CSV + PNG
-# under benchmarks/results/ (minutes).
+# The op table, the serving table, SLED's decode cost by layer count, REAL's THF step (forward,
+# re-tokenisation) and VS diversity: CSV + PNG under benchmarks/results/ (minutes).
 bench: $(VENV)/.installed
 	$(PY) -m benchmarks.bench_ops
 	$(PY) -m benchmarks.bench_serve
 	$(PY) -m benchmarks.bench_sled
-	$(PY) -m benchmarks.bench_retokenize
+	$(PY) -m benchmarks.bench_thf
 	$(PY) -m benchmarks.vs_diversity
 
 bench-quick: $(VENV)/.installed
 	$(PY) -m benchmarks.bench_ops --quick
 	$(PY) -m benchmarks.bench_serve --quick
 	$(PY) -m benchmarks.bench_sled --quick
-	$(PY) -m benchmarks.bench_retokenize --quick
+	$(PY) -m benchmarks.bench_thf --quick
 	$(PY) -m benchmarks.vs_diversity --quick
 
 # The load run: mixed samplers at high concurrency for 5 minutes, seeded probes, server RSS.

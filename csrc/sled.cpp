@@ -24,20 +24,36 @@ struct ChunkSums {
   double z = 0, a = 0, s = 0, dd = 0;
 };
 
-// The sums of one (layer, row) over a chunk, against the chunk's running max m.
+// The sums of one (layer, row) over a chunk, against the chunk's running max m. As in
+// softmax_stats (row_stats.h): in base 2 (y = (l_n - m) log2 e, e^(l_n - m) = 2^y, clamped at
+// 2^-127 = 0) with float sums over 2,048 entries moved into double totals, so the loop runs at
+// full SIMD width; double accumulators in the loop would halve it and add conversions.
 REAL_VLLM_ROW_KERNEL ChunkSums chunk_sums(const float* early, const float* final_row, int64_t n,
                                          float m) {
-  double z = 0, a = 0, s = 0, dd = 0;
+  constexpr int64_t kBlock = 2048;
+  ChunkSums sums;
+  for (int64_t b0 = 0; b0 < n; b0 += kBlock) {
+    const float* e = early + b0;
+    const float* f = final_row + b0;
+    const int64_t len = std::min(kBlock, n - b0);
+    float z = 0, a = 0, s = 0, dd = 0;
 #pragma omp simd reduction(+ : z, a, s, dd)
-  for (int64_t v = 0; v < n; ++v) {
-    const float e = exp_nonpos(early[v] - m);
-    const float d = final_row[v] > -kInf ? early[v] - final_row[v] : 0.0f;
-    z += e;
-    a += d * e;
-    s += e * e;
-    dd += d * d;
+    for (int64_t v = 0; v < len; ++v) {
+      float y = (e[v] - m) * kLog2e;
+      y = y > -127.0f ? y : -127.0f;
+      const float p = exp2_nonpos(y);
+      const float d = f[v] > -kInf ? e[v] - f[v] : 0.0f;
+      z += p;
+      a += d * p;
+      s += p * p;
+      dd += d * d;
+    }
+    sums.z += z;
+    sums.a += a;
+    sums.s += s;
+    sums.dd += dd;
   }
-  return {z, a, s, dd};
+  return sums;
 }
 
 REAL_VLLM_ROW_KERNEL float chunk_max(const float* x, int64_t n) {

