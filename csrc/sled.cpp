@@ -125,6 +125,12 @@ void sled_stats_(const at::Tensor& logits, const at::Tensor& chunk, int64_t offs
   });
 }
 
+// softmax_stats compiled for the running CPU's vector width (sled_finish_ itself is not
+// multiversioned; the baseline build of this exp-bound pass is several times slower).
+REAL_VLLM_ROW_KERNEL SoftmaxStats final_row_stats(const float* row, int64_t n) {
+  return softmax_stats(row, n);
+}
+
 // Finite entries -> lower_bound; masked ones stay -inf.
 REAL_VLLM_ROW_KERNEL void fill_finite(float* row, int64_t n, float value) {
 #pragma omp simd
@@ -174,7 +180,7 @@ void sled_finish_(at::Tensor& logits, const at::Tensor& stats, const at::Tensor&
       for (int64_t j = 0; j < c; ++j) {
         TORCH_CHECK(ids[j] >= 0 && ids[j] < vocab, op, ": candidate ", ids[j], " is outside the vocabulary");
       }
-      const SoftmaxStats fs = softmax_stats(row, vocab);
+      const SoftmaxStats fs = final_row_stats(row, vocab);
       const double log_z = double(fs.max) + std::log(fs.z);
       double total = 0;
       std::fill(latent.begin(), latent.begin() + c, 0.0);

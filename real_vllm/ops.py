@@ -288,11 +288,15 @@ def _sled_candidates(x: torch.Tensor, k) -> tuple[torch.Tensor, torch.Tensor]:
     if (k < 1).any() or (k != k.round()).any():
         raise ValueError("k must be whole numbers >= 1")
     k = k.to(torch.int64)
-    finite = (x > float("-inf")).sum(dim=1)
-    bad = torch.isnan(x).any(dim=1) | (x == float("inf")).any(dim=1)
+    if not batch:
+        return torch.zeros(0, 0, dtype=torch.int64, device=x.device), k
+    # One pass over the logits (the top-k itself): it sorts NaN and +inf first, so its first value
+    # flags a bad row, and a row with fewer finite tokens than k has -inf among its top k.
+    top = torch.topk(x, min(int(k.max()), x.shape[1]), dim=1)
+    bad = ~(top.values[:, 0] < float("inf"))
+    finite = (top.values > float("-inf")).sum(dim=1)
     count = torch.where(bad, torch.zeros_like(k), torch.minimum(k, finite))
-    width = int(count.max()) if batch else 0
-    candidates = torch.topk(x, max(width, 1), dim=1).indices[:, :width].contiguous()
+    candidates = top.indices[:, : int(count.max())].contiguous()
     return candidates, count
 
 
