@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import RESULTS, machine_name, write_csv
+from benchmarks.common import RESULTS, machine_name, median_ms, write_csv
 
 PROMPT_TOKENS = 64
 
@@ -49,16 +48,8 @@ def forward_ms(model, rows: int, reps: int) -> tuple[float, float]:
     lengths[: rows // 4] = model.config.window // 2
     mask = torch.arange(model.config.window)[None, :] >= (model.config.window - lengths)[:, None]
 
-    def median(fn):
-        fn()
-        times = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-        return statistics.median(times)
-
-    return median(lambda: predict_last(model, windows, mask)), median(lambda: predict_last_of_windows(model, windows, lengths))
+    full = median_ms(lambda: predict_last(model, windows, mask), lambda: None, reps)
+    return full, median_ms(lambda: predict_last_of_windows(model, windows, lengths), lambda: None, reps)
 
 
 def retokenize_steps(retok, thf, ids: list[int], rows: int, steps: int) -> tuple[float, float]:

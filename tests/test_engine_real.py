@@ -57,8 +57,6 @@ def test_cross_tokenizer_real_serves_the_tiny_model_with_the_shipped_thf(tiny_mo
     serves, its nucleus changes tokens, and a seeded request is the same alone and batched."""
     from real_vllm.thf.runtime import SHIPPED_CHECKPOINT
 
-    if not SHIPPED_CHECKPOINT.is_dir():
-        pytest.skip("the shipped SmolLM2 THF is not in this checkout")
     llm = make_llm(tiny_model_dir, additional_config={"real_thf": str(SHIPPED_CHECKPOINT), "real_retokenize": True})
     try:
         target = sp(77, sampler="real", real_p0=0.9, real_decay_temperature=0.3)

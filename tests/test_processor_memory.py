@@ -68,8 +68,6 @@ def assert_flat(run_round):
 
 @pytest.mark.parametrize("path", ["same-tokenizer", "retokenize"])
 def test_v1_request_lifetimes_leave_nothing_behind(tiny_model_dir, thf_dir, path):
-    if path == "retokenize" and not SHIPPED_CHECKPOINT.is_dir():
-        pytest.skip("the shipped SmolLM2 THF is not in this checkout")
     extra = {"real_thf": str(thf_dir)} if path == "same-tokenizer" else {"real_thf": str(SHIPPED_CHECKPOINT), "real_retokenize": True}
     proc = RealVllmLogitsProcessor(config(tiny_model_dir, **extra), torch.device("cpu"), False)
     vocab, rng = 1000, np.random.default_rng(0)

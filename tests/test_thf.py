@@ -191,8 +191,6 @@ def test_predict_last_of_windows_equals_the_full_forward(word_tok, layers, kv_he
 def test_predict_last_of_windows_on_the_shipped_thf():
     from real_vllm.thf.runtime import SHIPPED_CHECKPOINT
 
-    if not SHIPPED_CHECKPOINT.is_dir():
-        pytest.skip("the shipped SmolLM2 THF is not in this checkout")
     model = THFModel.load(SHIPPED_CHECKPOINT)
     g = torch.Generator().manual_seed(7)
     lengths = torch.randint(1, 41, (33,), generator=g)
