@@ -199,3 +199,110 @@ def sled_finish_(x, stats, candidates, count, candidate_logits, alpha, lower_bou
                                       STATS_BLOCK=stats_block(vocab),
                                       BLOCK=min(2048, triton.next_power_of_2(vocab)),
                                       KBLOCK=_candidate_block(k), num_warps=8)
+
+
+# ------------------------------------------------------------------ projection fused with the stats
+
+FUSED_MAX_K = 256  # candidates beyond this take the chunked path (their logits are gathered here)
+
+
+@triton.jit
+def _sled_hidden_stats_kernel(h_ptr, w_ptr, x_ptr, part_ptr, R, B, V, H, w_stride, span, scale,
+                              BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr):
+    """Early logits of BLOCK_R (layer, row) pairs over one vocabulary split, h W^T computed a
+    [BLOCK_R, BLOCK_V] tile at a time and reduced at once (never written): per pair the split's
+    m, z, a, s, dd as in _sled_stats_kernel, into part[split, stat, pair]."""
+    pairs = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)  # pair = layer * B + row
+    split = tl.program_id(1)
+    pair_ok = pairs < R
+    rows = (pairs % B).to(tl.int64)
+    v_lo = split * span
+    v_hi = tl.minimum(v_lo + span, V)
+    hk = tl.arange(0, BLOCK_H)
+    m = tl.full([BLOCK_R], float("-inf"), tl.float32)
+    z = tl.zeros([BLOCK_R], tl.float32)
+    a = tl.zeros([BLOCK_R], tl.float32)
+    s = tl.zeros([BLOCK_R], tl.float32)
+    dd = tl.zeros([BLOCK_R], tl.float32)
+    for v0 in range(v_lo, v_hi, BLOCK_V):
+        vs = v0 + tl.arange(0, BLOCK_V)
+        v_ok = vs < v_hi
+        acc = tl.zeros([BLOCK_R, BLOCK_V], tl.float32)
+        for h0 in range(0, H, BLOCK_H):
+            hh = h0 + hk
+            h_ok = hh < H
+            ht = tl.load(h_ptr + pairs[:, None].to(tl.int64) * H + hh[None, :],
+                         mask=pair_ok[:, None] & h_ok[None, :], other=0.0)
+            wt = tl.load(w_ptr + vs[None, :].to(tl.int64) * w_stride + hh[:, None],
+                         mask=v_ok[None, :] & h_ok[:, None], other=0.0)
+            acc = tl.dot(ht, wt, acc, input_precision="ieee")  # no TF32: the cosines need fp32 logits
+        e = tl.where(v_ok[None, :], acc * scale, float("-inf"))
+        f = tl.load(x_ptr + rows[:, None] * V + vs[None, :], mask=pair_ok[:, None] & v_ok[None, :],
+                    other=float("-inf"))
+        diff = tl.where(f > float("-inf"), e - f, 0.0)  # masked final tokens stay out of a and dd
+        dd += tl.sum(diff * diff, 1)
+        new_m = tl.maximum(m, tl.max(e, 1))  # finite: every tile has a valid column
+        r = tl.exp(m - new_m)  # 0 on the first tile (m = -inf)
+        p = tl.exp(e - new_m[:, None])
+        z = z * r + tl.sum(p, 1)
+        a = a * r + tl.sum(diff * p, 1)
+        s = s * (r * r) + tl.sum(p * p, 1)
+        m = new_m
+    out = part_ptr + split * 5 * R + pairs
+    tl.store(out, m, mask=pair_ok)
+    tl.store(out + R, z, mask=pair_ok)
+    tl.store(out + 2 * R, a, mask=pair_ok)
+    tl.store(out + 3 * R, s, mask=pair_ok)
+    tl.store(out + 4 * R, dd, mask=pair_ok)
+
+
+def _fused_blocks(device) -> tuple[int, int, int]:
+    """(BLOCK_R, BLOCK_V, BLOCK_H): tl.dot needs every side >= 16; the interpreter (CPU) runs
+    small tiles faster."""
+    return (16, 64, 32) if device.type == "cpu" else (64, 128, 64)
+
+
+def sled_hidden_stats_(x, hidden, weight, scale: float, candidates, stats, candidate_logits) -> bool:
+    """The stats and candidate logits of sled_stats_ straight from the early hidden states:
+    hidden [L, B, H] and lm_head's weight [>= V, H] (same dtype), the early logits
+    scale * hidden W^T never stored. Returns False (nothing written) when the candidates are too
+    many to gather here (K > FUSED_MAX_K): the caller then takes the chunked path.
+
+    The vocabulary is split so that the grid fills the device; each split's partial stats are
+    merged like an online softmax: m = max m_i, z = sum z_i e^(m_i - m), a likewise,
+    s = sum s_i e^(2 (m_i - m)), dd = sum dd_i.
+    """
+    layers, batch, width = hidden.shape
+    vocab = x.shape[1]
+    k = candidates.shape[1]
+    if k > FUSED_MAX_K:
+        return False
+    pairs = layers * batch
+    if not pairs:
+        return True
+    block_r, block_v, block_h = _fused_blocks(x.device)
+    row_blocks = triton.cdiv(pairs, block_r)
+    if x.device.type == "cuda":
+        programs = 4 * torch.cuda.get_device_properties(x.device).multi_processor_count
+        splits = max(1, min(triton.cdiv(vocab, block_v), triton.cdiv(programs, row_blocks)))
+    else:
+        splits = min(4, triton.cdiv(vocab, block_v))
+    span = triton.cdiv(triton.cdiv(vocab, splits), block_v) * block_v
+    splits = triton.cdiv(vocab, span)  # every split holds at least one column
+    flat = hidden.reshape(pairs, width).contiguous()
+    if weight.stride(1) != 1:
+        weight = weight.contiguous()
+    part = torch.empty(splits, 5, pairs, dtype=torch.float32, device=x.device)
+    _sled_hidden_stats_kernel[(row_blocks, splits)](flat, weight, x, part, pairs, batch, vocab, width,
+                                                    weight.stride(0), span, float(scale),
+                                                    BLOCK_R=block_r, BLOCK_V=block_v, BLOCK_H=block_h)
+    m = part[:, 0]
+    top = m.max(dim=0).values
+    w = torch.exp(m - top)
+    merged = torch.stack([top, (part[:, 1] * w).sum(0), (part[:, 2] * w).sum(0),
+                          (part[:, 3] * w * w).sum(0), part[:, 4].sum(0)])
+    stats.copy_(merged.reshape(5, layers, batch))
+    if k:  # l_n at the candidates: K dot products per pair
+        picked = weight[candidates].float()  # [B, K, H]
+        candidate_logits.copy_(torch.einsum("lbh,bkh->lbk", hidden.float(), picked) * scale)
+    return True

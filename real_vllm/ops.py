@@ -63,6 +63,9 @@ class BackendUnavailable(RuntimeError):
 #   sled_stats_(x, early_chunk [L, B, C], offset, candidates [B, K], stats [5, L, B],
 #               candidate_logits [L, B, K]);
 #   sled_finish_(x, stats, candidates, num_candidates [B], candidate_logits, alpha, lower_bound)
+# and optionally (None where absent) the projection fused with the stats:
+#   sled_hidden_stats_(x, hidden [L, B, H], weight [V, H], scale, candidates, stats,
+#                      candidate_logits) -> False when it leaves the candidates to the chunks.
 
 
 def _reference_backend() -> SimpleNamespace:
@@ -85,6 +88,7 @@ def _reference_backend() -> SimpleNamespace:
         top_p_mask_=top_p_mask_,
         sled_stats_=None,
         sled_finish_=None,
+        sled_hidden_stats_=None,
     )
 
 
@@ -106,6 +110,7 @@ def _cpu_backend() -> SimpleNamespace | str:
         top_p_mask_=o.top_p_mask_,
         sled_stats_=getattr(o, "sled_stats_", None),  # None: an extension built before SLED
         sled_finish_=getattr(o, "sled_finish_", None),
+        sled_hidden_stats_=None,  # on CPU the chunked path's GEMM is MKL's
     )
 
 
@@ -123,6 +128,7 @@ def _triton_backend() -> SimpleNamespace | str:
         top_p_mask_=top_p.top_p_mask_,
         sled_stats_=sled.sled_stats_,
         sled_finish_=sled.sled_finish_,
+        sled_hidden_stats_=sled.sled_hidden_stats_,
     )
 
 
@@ -314,8 +320,9 @@ def _check_early(name: str, t: torch.Tensor, x: torch.Tensor, last: int | None) 
         raise ValueError(f"{name} is on {t.device}, the logits on {x.device}")
 
 
-def _sled_streaming(x, chunks, layers, alpha, k, lower_bound, impl) -> None:
-    """Run SLED in place on x from an iterator of (offset, early logits [L, B, C] float32)."""
+def _sled_streaming(x, layers, alpha, k, lower_bound, impl, gather) -> None:
+    """Run SLED in place on x: ``gather(candidates, stats, candidate_logits)`` fills the
+    per-(layer, row) stats and the early logits at the candidates, then the backend finishes."""
     batch = x.shape[0]
     candidates, count = _sled_candidates(x, k)
     alpha = _per_row("alpha", alpha, x)
@@ -323,9 +330,16 @@ def _sled_streaming(x, chunks, layers, alpha, k, lower_bound, impl) -> None:
     stats = torch.zeros(SLED_STATS, layers, batch, dtype=torch.float32, device=x.device)
     stats[0].fill_(float("-inf"))
     candidate_logits = torch.zeros(layers, batch, candidates.shape[1], dtype=torch.float32, device=x.device)
-    for offset, chunk in chunks:
-        impl.sled_stats_(x, chunk, offset, candidates, stats, candidate_logits)
+    gather(candidates, stats, candidate_logits)
     impl.sled_finish_(x, stats, candidates, count, candidate_logits, alpha, lower_bound)
+
+
+def _chunk_stats(x, chunks, impl):
+    """A gather for _sled_streaming from an iterator of (offset, early logits [L, B, C] float32)."""
+    def gather(candidates, stats, candidate_logits):
+        for offset, chunk in chunks:
+            impl.sled_stats_(x, chunk, offset, candidates, stats, candidate_logits)
+    return gather
 
 
 def sled_evolve(
@@ -354,7 +368,7 @@ def sled_evolve(
         x.copy_(reference.sled_evolve(x, early_logits, alpha, k, lower_bound))
         return x
     early = early_logits.to(torch.float32).contiguous()
-    _sled_streaming(x, [(0, early)], early.shape[0], alpha, k, lower_bound, impl)
+    _sled_streaming(x, early.shape[0], alpha, k, lower_bound, impl, _chunk_stats(x, [(0, early)], impl))
     return x
 
 
@@ -375,7 +389,9 @@ def sled_evolve_from_hidden(
 
     The early logits (logit_scale * h_n W^T) are made one vocabulary chunk at a time, all
     layers and rows in one GEMM that reads each weight row once, and reduced right away: the
-    memory beyond the output is [L, B, chunk], whatever the vocabulary.
+    memory beyond the output is [L, B, chunk], whatever the vocabulary. The triton backend
+    fuses the projection with the reductions (kernels/sled.py, sled_hidden_stats_), so no chunk
+    is ever stored; it takes the chunks only for more than 256 candidates.
     """
     x = _check_logits(final_logits, inplace)
     vocab = x.shape[1]
@@ -383,8 +399,8 @@ def sled_evolve_from_hidden(
         raise ValueError(f"lm_head_weight must be [>= {vocab}, hidden], got {tuple(lm_head_weight.shape)}")
     _check_early("early_hidden", early_hidden, x, lm_head_weight.shape[1])
     impl = _resolve(backend, x.device)
-    layers, batch, hidden = early_hidden.shape
-    flat = early_hidden.reshape(layers * batch, hidden).to(lm_head_weight.dtype)
+    layers, batch, hidden_size = early_hidden.shape
+    flat = early_hidden.reshape(layers * batch, hidden_size).to(lm_head_weight.dtype)
 
     def project(start: int, stop: int) -> torch.Tensor:
         logits = flat @ lm_head_weight[start:stop].T
@@ -395,7 +411,17 @@ def sled_evolve_from_hidden(
     if impl.sled_stats_ is None:
         return sled_evolve(x, project(0, vocab), alpha, k, lower_bound, inplace=True, backend=backend)
     chunks = ((start, project(start, min(start + chunk, vocab))) for start in range(0, vocab, chunk))
-    _sled_streaming(x, chunks, layers, alpha, k, lower_bound, impl)
+    chunked = _chunk_stats(x, chunks, impl)
+    if impl.sled_hidden_stats_ is None:
+        gather = chunked
+    else:  # the projection fused with the stats (Triton); many candidates take the chunks
+        def gather(candidates, stats, candidate_logits):
+            hidden = flat.reshape(layers, batch, hidden_size)
+            fused = impl.sled_hidden_stats_(x, hidden, lm_head_weight[:vocab], logit_scale, candidates, stats,
+                                            candidate_logits)
+            if not fused:
+                chunked(candidates, stats, candidate_logits)
+    _sled_streaming(x, layers, alpha, k, lower_bound, impl, gather)
     return x
 
 

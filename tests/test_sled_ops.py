@@ -208,6 +208,59 @@ def test_sled_evolve_from_hidden(backend, case, layers, k, gen):
     check_sled(got, x, early, alpha, k, -500.0)
 
 
+@pytest.mark.parametrize("k,fused", [(10, True), (300, False)])
+def test_triton_from_hidden_fuses_the_projection_up_to_256_candidates(k, fused, gen, monkeypatch):
+    """The triton backend's from_hidden path: h W^T fused with the stats (checked against the
+    float64 oracle), and more candidates than the kernel gathers take the chunked path."""
+    need("triton", 1000)
+    from real_vllm.kernels import sled as sled_kernels
+
+    taken = []
+    impl = ops._resolve("triton", torch.device("cpu"))
+
+    def spy(*args):
+        taken.append(sled_kernels.sled_hidden_stats_(*args))
+        return taken[-1]
+
+    monkeypatch.setattr(impl, "sled_hidden_stats_", spy)
+    batch, vocab, hidden, layers = 4, 1000, 40, 3
+    x = make_final(batch, vocab, gen)
+    h = torch.randn(layers, batch, hidden, generator=gen)
+    weight = torch.randn(vocab + 3, hidden, generator=gen) * 0.2
+    got = ops.sled_evolve_from_hidden(x, h, weight, 1.5, k, -500.0, logit_scale=0.7, backend="triton")
+    assert taken == [fused]
+    early = (h.reshape(layers * batch, hidden) @ weight[:vocab].T * 0.7).reshape(layers, batch, vocab)
+    check_sled(got, x, early, 1.5, k, -500.0)
+
+
+@pytest.mark.parametrize("spread", [0.2, 3.0])  # flat and peaked early distributions
+def test_triton_fused_stats_equal_the_float64_sums(spread, gen):
+    """sled_hidden_stats_'s five sums per (layer, row) against float64 on the same early logits:
+    the final tokens' masks, the split merge and every tile's rescaling show here (the evolved
+    logits hardly depend on s = sum p^2 when the distribution is flat)."""
+    need("triton", 1000)
+    from real_vllm.kernels import sled as sled_kernels
+
+    layers, batch, vocab, hidden, k = 3, 5, 1000, 24, 10
+    x = make_final(batch, vocab, gen)
+    h = torch.randn(layers, batch, hidden, generator=gen)
+    weight = torch.randn(vocab, hidden, generator=gen) * spread
+    candidates = torch.topk(torch.nan_to_num(x, nan=0.0, posinf=0.0), k, dim=1).indices.contiguous()
+    stats = torch.zeros(5, layers, batch)
+    stats[0] = -math.inf
+    candidate_logits = torch.zeros(layers, batch, k)
+    assert sled_kernels.sled_hidden_stats_(x, h, weight, 0.5, candidates, stats, candidate_logits)
+    early = (h.double() @ weight.double().T) * 0.5
+    m = early.amax(-1)
+    p = torch.exp(early - m[..., None])
+    finite = x.double()[None] > -math.inf
+    d = torch.where(finite, early - x.double()[None], torch.zeros_like(early))
+    want = torch.stack([m, p.sum(-1), (d * p).sum(-1), (p * p).sum(-1), (d * d).sum(-1)])
+    torch.testing.assert_close(stats.double(), want, rtol=2e-6, atol=1e-6)
+    torch.testing.assert_close(candidate_logits.double(), early.gather(2, candidates[None].expand(layers, -1, -1)),
+                               rtol=1e-6, atol=1e-5)
+
+
 def edge_rows(vocab: int) -> torch.Tensor:
     """One row per edge case; the per-row k below goes with them."""
     g = torch.Generator().manual_seed(SEED + 1)
