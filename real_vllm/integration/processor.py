@@ -165,15 +165,20 @@ class RealVllmLogitsProcessor(SlotLogitsProcessor):
             logger.info("real_vllm: REAL re-tokenises the served text with the THF's tokenizer (%s)", path)
         return thf
 
+    @property
+    def _retokenizer(self):
+        """The cross-tokenizer path's Retokenizer, None when REAL reads the served ids directly."""
+        return self.thf.retokenizer if self.thf is not None else None
+
     def _tokens(self, prompt_ids, output_ids):
         # output_ids is vLLM's live list: REAL reads the newest tokens from it each step.
-        if self.thf is not None and self.thf.retokenizer is not None:
+        if self._retokenizer is not None:
             return (prompt_ids or [], output_ids, TextHistory())
         return (prompt_ids or [], output_ids)
 
     def add_request(self, req_idx: int, sampling_params: SamplingParams) -> bool:
         runs = super().add_request(req_idx, sampling_params)
-        if self.thf is not None and self.thf.retokenizer is not None:
+        if self._retokenizer is not None:
             self.slots.tokens[req_idx] = TextHistory()  # V2: the tokens stay in the runner
         return runs
 
@@ -232,7 +237,7 @@ class RealVllmLogitsProcessor(SlotLogitsProcessor):
         a [R, window] tensor (left padding), and their lengths."""
         width = self.thf.window
         slots = host_slots[rows]
-        if self.thf.retokenizer is not None:
+        if self._retokenizer is not None:
             windows, lengths = right_aligned_windows(self._retokenized(slots), width)
             return windows.to(self.device), lengths.to(self.device)
         if self.req_states is None:  # V1: vLLM's token lists (a short slice per row)
@@ -251,7 +256,7 @@ class RealVllmLogitsProcessor(SlotLogitsProcessor):
     def _retokenized(self, slots: np.ndarray) -> list[list[int]]:
         """Cross-tokenizer path: each row's new served tokens since the last step, fed to its
         TextHistory; the THF ids of each row's window (see real_vllm/thf/retokenize.py)."""
-        retok = self.thf.retokenizer
+        retok = self._retokenizer
         if self.req_states is None:  # V1: the live token lists
             histories, new = [], []
             for prompt, output, history in (self.slots.tokens[s] for s in slots):

@@ -20,6 +20,8 @@ All rows of a step go through one batched decode and one batched encode (the Rus
 
 from __future__ import annotations
 
+import os
+
 CONTEXT_TOKENS = 4  # decoded again with the new tokens, then subtracted
 TAIL_CHARS_PER_TOKEN = 16  # characters of text kept per THF window token
 MAX_PENDING = 8  # served tokens held back for an incomplete character before giving up
@@ -72,7 +74,7 @@ class Retokenizer:
             for h, full, old in zip(todo, with_new, before):
                 # Byte-level and SentencePiece decoders both extend the context's text; anything
                 # else (a normaliser rewriting it) falls back to the longest common prefix.
-                start = len(old) if full.startswith(old) else len(_common_prefix(full, old))
+                start = len(old) if full.startswith(old) else len(os.path.commonprefix([full, old]))
                 new = full[start:]
                 if new.endswith(REPLACEMENT) and len(h.pending) < MAX_PENDING:
                     h.held = new.rstrip(REPLACEMENT)
@@ -94,12 +96,3 @@ class Retokenizer:
         tail = text[-self.tail_chars:]  # may begin inside a word: start at the next word break
         space = next((i for i in range(1, len(tail)) if tail[i].isspace() and not tail[i - 1].isspace()), 0)
         return tail[space:], True
-
-
-def _common_prefix(a: str, b: str) -> str:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return a[:n]
