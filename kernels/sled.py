@@ -20,10 +20,13 @@ scratch row, then the row is overwritten (finite -> lower_bound, -inf stays) and
 candidate values are scattered in. Rows with count 0 (NaN, +inf, nothing finite) are untouched.
 """
 
+from typing import NamedTuple
+
 import torch
 import triton
 import triton.language as tl
 
+from .device import gpu_arch, interpreted, multiprocessors
 from .row_stats import row_stats, stats_block
 
 CANDIDATE_BLOCK = 1024  # candidates per step of a candidate loop
@@ -125,22 +128,24 @@ def _sled_finish_kernel(x_ptr, stats_ptr, cand_ptr, count_ptr, cl_ptr, alpha_ptr
     count = tl.load(count_ptr + row)
     if count > 0:
         x_row_ptr = x_ptr + row * V
-        m, z, _, _, _ = row_stats(x_row_ptr, V, STATS_BLOCK, "evict_last")
+        # No name is re-bound to another type in a loop below (the compiler refuses that,
+        # the interpreter does not): the unused outputs get names of their own.
+        m, z, _s, _lo, _bad = row_stats(x_row_ptr, V, STATS_BLOCK, "evict_last")
         log_z = m.to(tl.float64) + tl.log(z.to(tl.float64))
         alpha = tl.load(alpha_ptr + row).to(tl.float64)
         koffs = tl.arange(0, KBLOCK)
         total = tl.zeros([], tl.float64)
         for start in range(0, count, KBLOCK):
             j = start + koffs
-            w, _, _ = _candidate_weights(x_row_ptr, cand_ptr, stats_ptr, cl_ptr, row, B, K, L, j, j < count,
-                                         KBLOCK)
+            w, _xi, _cand = _candidate_weights(x_row_ptr, cand_ptr, stats_ptr, cl_ptr, row, B, K, L, j,
+                                               j < count, KBLOCK)
             total += tl.sum(w, 0)
         inv = tl.where(total > 0, 1.0 / tl.where(total > 0, total, 1.0), 0.0)
         for start in range(0, count, KBLOCK):
             j = start + koffs
             live = j < count
-            w, xi, _ = _candidate_weights(x_row_ptr, cand_ptr, stats_ptr, cl_ptr, row, B, K, L, j, live,
-                                          KBLOCK)
+            w, xi, _cand = _candidate_weights(x_row_ptr, cand_ptr, stats_ptr, cl_ptr, row, B, K, L, j, live,
+                                              KBLOCK)
             p_final = tl.exp(xi.to(tl.float64) - log_z)
             new = (xi - alpha * (p_final - w * inv)).to(tl.float32)
             tl.store(scratch_ptr + row * K + j, new, mask=live)
@@ -256,10 +261,35 @@ def _sled_hidden_stats_kernel(h_ptr, w_ptr, x_ptr, part_ptr, R, B, V, H, w_strid
     tl.store(out + 4 * R, dd, mask=pair_ok)
 
 
-def _fused_blocks(device) -> tuple[int, int, int]:
-    """(BLOCK_R, BLOCK_V, BLOCK_H): tl.dot needs every side >= 16; the interpreter (CPU) runs
-    small tiles faster."""
-    return (16, 64, 32) if device.type == "cpu" else (64, 128, 64)
+class Tiles(NamedTuple):
+    """Launch shape of the fused kernel: tl.dot needs every block side >= 16."""
+
+    rows: int  # BLOCK_R: (layer, row) pairs per program
+    vocab: int  # BLOCK_V: vocabulary columns per tile
+    hidden: int  # BLOCK_H: hidden units per tl.dot step
+    num_warps: int
+    num_stages: int  # software-pipelined loads of the h and W tiles
+
+
+# Per (architecture, 16-bit weights): the largest tiles that compile with no register spills
+# (make gpu-compile checks every target and serving shape: benchmarks/results/gpu_compile_*.csv).
+# bf16/fp16 weights run on tensor cores (mma.sync on sm_80, wgmma on sm_90, tcgen05 on sm_100);
+# float32 weights get FMA tiles (input_precision "ieee": TF32 would blur the cosines).
+FUSED_TILES = {
+    (80, True): Tiles(64, 64, 64, 8, 3),
+    (80, False): Tiles(16, 64, 32, 4, 2),
+    (90, True): Tiles(64, 64, 64, 8, 3),
+    (90, False): Tiles(16, 64, 32, 4, 2),
+}
+INTERPRETER_TILES = Tiles(16, 64, 32, 4, 1)  # the interpreter (CPU) runs small tiles faster
+
+
+def _fused_tiles(weight_dtype: torch.dtype) -> Tiles:
+    if interpreted():
+        return INTERPRETER_TILES
+    half = weight_dtype in (torch.float16, torch.bfloat16)
+    arch = max([a for a, _ in FUSED_TILES if a <= gpu_arch()] or [min(a for a, _ in FUSED_TILES)])
+    return FUSED_TILES[(arch, half)]
 
 
 def sled_hidden_stats_(x, hidden, weight, scale: float, candidates, stats, candidate_logits) -> bool:
@@ -280,13 +310,14 @@ def sled_hidden_stats_(x, hidden, weight, scale: float, candidates, stats, candi
     pairs = layers * batch
     if not pairs:
         return True
-    block_r, block_v, block_h = _fused_blocks(x.device)
-    row_blocks = triton.cdiv(pairs, block_r)
-    if x.device.type == "cuda":
-        programs = 4 * torch.cuda.get_device_properties(x.device).multi_processor_count
-        splits = max(1, min(triton.cdiv(vocab, block_v), triton.cdiv(programs, row_blocks)))
-    else:
+    tiles = _fused_tiles(weight.dtype)
+    block_v = tiles.vocab
+    row_blocks = triton.cdiv(pairs, tiles.rows)
+    if interpreted():
         splits = min(4, triton.cdiv(vocab, block_v))
+    else:
+        programs = 4 * multiprocessors()
+        splits = max(1, min(triton.cdiv(vocab, block_v), triton.cdiv(programs, row_blocks)))
     span = triton.cdiv(triton.cdiv(vocab, splits), block_v) * block_v
     splits = triton.cdiv(vocab, span)  # every split holds at least one column
     flat = hidden.reshape(pairs, width).contiguous()
@@ -295,7 +326,8 @@ def sled_hidden_stats_(x, hidden, weight, scale: float, candidates, stats, candi
     part = torch.empty(splits, 5, pairs, dtype=torch.float32, device=x.device)
     _sled_hidden_stats_kernel[(row_blocks, splits)](flat, weight, x, part, pairs, batch, vocab, width,
                                                     weight.stride(0), span, float(scale),
-                                                    BLOCK_R=block_r, BLOCK_V=block_v, BLOCK_H=block_h)
+                                                    BLOCK_R=tiles.rows, BLOCK_V=block_v, BLOCK_H=tiles.hidden,
+                                                    num_warps=tiles.num_warps, num_stages=tiles.num_stages)
     m = part[:, 0]
     top = m.max(dim=0).values
     w = torch.exp(m - top)
