@@ -11,6 +11,7 @@ from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
 from real_vllm import reference
 from real_vllm.integration import early_layers
 from real_vllm.integration.early_processor import EarlyLayerLogitsProcessor
+from tests.mrv2 import MRV2
 
 V, H = 301, 16
 TAPPED = (0, 1, 2, 3)
@@ -82,14 +83,16 @@ def test_v1_mixed_batch_follows_moves():
 
 def test_v2_slots():
     gen = torch.Generator().manual_seed(1)
-    proc = EarlyLayerLogitsProcessor(config(), SimpleNamespace(device=torch.device("cpu"), max_num_reqs=8))
-    requests = {2: p(sampler="dola"), 5: p(sampler="none"), 7: p(sled_k=4)}
-    assert [proc.add_request(s, q) for s, q in requests.items()] == [True, False, True]
-    proc.apply_staged_writes()
-    order = [7, 2, 5]
-    mapping = torch.tensor(order)
-    ctx = SimpleNamespace(expanded_idx_mapping=mapping, idx_mapping=mapping, idx_mapping_np=np.array(order))
-    check(proc, requests, gen, ctx, order)
+    mrv2 = MRV2(max_num_reqs=8)
+    proc = mrv2.build(EarlyLayerLogitsProcessor, config())
+    requests = {"x": p(sampler="dola"), "y": p(sampler="none"), "z": p(sled_k=4)}
+    for r, q in requests.items():
+        mrv2.add_request(r, [3, 4, 5], q)
+    assert [bool(mrv2.needs_processing[mrv2.slot(r)]) for r in requests] == [True, False, True]
+    mrv2.apply_staged_writes()
+    order = ["z", "x", "y"]
+    by_slot = {mrv2.slot(r): q for r, q in requests.items()}
+    check(proc, by_slot, gen, mrv2.context(order), [mrv2.slot(r) for r in order])
 
 
 def test_without_a_tap_rows_are_left_alone_and_a_stale_tap_is_not_used():

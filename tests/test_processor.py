@@ -12,6 +12,7 @@ from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
 from real_vllm import reference
 from real_vllm.integration.processor import RealVllmLogitsProcessor
 from real_vllm.methods.edt import MIN_SCALE
+from tests.mrv2 import MRV2
 
 V = 1037
 
@@ -88,22 +89,23 @@ def test_bad_server_default_fails_at_startup():
 
 
 def test_v2_slots_and_row_mapping():
-    req_states = SimpleNamespace(device=torch.device("cpu"), max_num_reqs=8)
-    proc = RealVllmLogitsProcessor(config(), req_states)
-    by_slot = {5: edt(edt_t0=0.6, edt_theta=1.5), 2: PLAIN, 7: edt(edt_n=0.3)}
-    for slot, p in by_slot.items():
-        assert proc.add_request(slot, p) == (p is not PLAIN)
-    proc.apply_staged_writes()
-    order = [7, 2, 5]
-    mapping = torch.tensor(order)
-    ctx = SimpleNamespace(expanded_idx_mapping=mapping, idx_mapping=mapping, idx_mapping_np=np.array(order))
+    mrv2 = MRV2(max_num_reqs=8)
+    mrv2.build(RealVllmLogitsProcessor, config())
+    by_req = {"x": edt(edt_t0=0.6, edt_theta=1.5), "y": PLAIN, "z": edt(edt_n=0.3)}
+    for r, p in by_req.items():
+        mrv2.add_request(r, [3, 4, 5], p)
+        assert mrv2.needs_processing[mrv2.slot(r)] == (p is not PLAIN)
+    mrv2.apply_staged_writes()
+    order = ["z", "y", "x"]
+    ctx = mrv2.context(order)
     x = torch.randn(3, V) * 2
-    out = proc.apply(x.clone(), ctx)
-    for i, slot in enumerate(order):
-        torch.testing.assert_close(out[i], expected_row(x[i], by_slot[slot]), rtol=2e-4, atol=1e-6)
+    out = mrv2.apply(x, ctx)
+    for i, r in enumerate(order):
+        torch.testing.assert_close(out[i], expected_row(x[i], by_req[r]), rtol=2e-4, atol=1e-6)
     # A recycled slot takes its new occupant's parameters.
-    proc.add_request(5, PLAIN)
-    proc.apply_staged_writes()
-    ctx2 = SimpleNamespace(expanded_idx_mapping=torch.tensor([5]), idx_mapping=torch.tensor([5]), idx_mapping_np=np.array([5]))
+    slot = mrv2.slot("x")
+    mrv2.remove_request("x")
+    assert mrv2.add_request("w", [6, 7], PLAIN) == slot
+    mrv2.apply_staged_writes()
     y = torch.randn(1, V)
-    assert torch.equal(proc.apply(y.clone(), ctx2), y)
+    assert torch.equal(mrv2.apply(y, mrv2.context(["w"])), y)

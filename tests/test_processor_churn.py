@@ -1,5 +1,5 @@
 """Batch churn, property-based: random sequences of vLLM batch updates (V1: removes, adds,
-one-way moves, swaps; V2: slot adds and recycling) with random per-request parameters. After
+one-way moves, swaps; V2: vLLM's own request slots, recycled, with draft rows) with random per-request parameters. After
 every step each row must get exactly its own request's transform (the reference op, row by
 row)."""
 
@@ -16,6 +16,7 @@ from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
 from real_vllm import reference
 from real_vllm.integration.processor import RealVllmLogitsProcessor
 from real_vllm.methods.edt import MIN_SCALE
+from tests.mrv2 import MRV2
 
 MAX_REQS, VOCAB = 8, 257
 
@@ -108,32 +109,39 @@ class V1Churn(RuleBasedStateMachine):
 
 
 class V2Churn(RuleBasedStateMachine):
-    """Model Runner V2: slots are recycled through add_request; rows map to slots per step."""
+    """Model Runner V2 (its own RequestState, tests/mrv2.py): slots are recycled through its
+    free list; each step maps rows to slots anew, a request owning 1 + its drafts rows."""
 
     def __init__(self):
         super().__init__()
-        req_states = SimpleNamespace(device=torch.device("cpu"), max_num_reqs=MAX_REQS)
-        self.proc = RealVllmLogitsProcessor(config(), req_states)
-        self.slots: dict[int, SamplingParams] = {}
+        self.mrv2 = MRV2(max_num_reqs=MAX_REQS, max_model_len=64, vocab_size=VOCAB)
+        self.mrv2.build(RealVllmLogitsProcessor, config())
+        self.live: dict[str, SamplingParams] = {}
+        self.added = 0
 
-    @rule(slot=st.integers(0, MAX_REQS - 1), params=request_params)
-    def add(self, slot, params):
-        self.slots[slot] = params  # a recycled slot must forget its previous occupant
-        self.proc.add_request(slot, params)
+    @precondition(lambda self: len(self.live) < MAX_REQS)
+    @rule(params=request_params)
+    def add(self, params):
+        req_id = str(self.added)
+        self.added += 1
+        self.live[req_id] = params  # a recycled slot must forget its previous occupant
+        self.mrv2.add_request(req_id, [3, 4, 5], params)
 
-    @precondition(lambda self: self.slots)
+    @precondition(lambda self: self.live)
     @rule(data=st.data())
     def finish(self, data):
-        del self.slots[data.draw(st.sampled_from(sorted(self.slots)))]
+        req_id = data.draw(st.sampled_from(sorted(self.live)))
+        del self.live[req_id]
+        self.mrv2.remove_request(req_id)
 
     @invariant()
     def each_row_gets_its_own_transform(self):
-        self.proc.apply_staged_writes()
-        order = np.random.default_rng(len(self.slots)).permutation(sorted(self.slots)).astype(np.int64)
-        mapping = torch.from_numpy(order)
-        ctx = SimpleNamespace(expanded_idx_mapping=mapping, idx_mapping=mapping, idx_mapping_np=order)
-        logits = torch.randn(len(order), VOCAB) * 3
-        check(self.proc.apply(logits.clone(), ctx), logits, [self.slots[s] for s in order])
+        self.mrv2.apply_staged_writes()
+        order = list(np.random.default_rng(len(self.live)).permutation(sorted(self.live)))
+        drafts = {r: [7] * (int(r) % 4) for r in order}  # 0-3 draft rows per request
+        rows = [r for r in order for _ in range(len(drafts[r]) + 1)]
+        logits = torch.randn(len(rows), VOCAB) * 3
+        check(self.mrv2.apply(logits, self.mrv2.context(order, drafts)), logits, [self.live[r] for r in rows])
 
 
 TestV1Churn = V1Churn.TestCase

@@ -15,6 +15,7 @@ from vllm.v1.sample.logits_processor import BatchUpdate
 
 from real_vllm.integration.processor import RealVllmLogitsProcessor
 from real_vllm.thf.runtime import SHIPPED_CHECKPOINT
+from tests.mrv2 import MRV2
 from tests.thf_fixtures import build_tiny_thf
 
 SLOTS, STEPS, WARM_ROUNDS, ROUNDS = 8, 6, 40, 240
@@ -87,23 +88,21 @@ def test_v1_request_lifetimes_leave_nothing_behind(tiny_model_dir, thf_dir, path
 
 
 def test_v2_slot_recycling_leaves_nothing_behind(tiny_model_dir, thf_dir):
-    vocab, max_len = 1000, 256
-    all_ids = torch.randint(3, vocab, (SLOTS, max_len), dtype=torch.int32)
-    total = torch.zeros(SLOTS, dtype=torch.int32)
-    req_states = SimpleNamespace(device=torch.device("cpu"), max_num_reqs=SLOTS,
-                                 all_token_ids=SimpleNamespace(gpu=all_ids), total_len=SimpleNamespace(gpu=total))
-    proc = RealVllmLogitsProcessor(config(tiny_model_dir, real_thf=str(thf_dir)), req_states)
+    vocab = 1000
+    mrv2 = MRV2(max_num_reqs=SLOTS, max_model_len=256, vocab_size=vocab)
+    mrv2.build(RealVllmLogitsProcessor, config(tiny_model_dir, real_thf=str(thf_dir)))
     rng = np.random.default_rng(1)
-    order = np.arange(SLOTS)
-    ctx = SimpleNamespace(expanded_idx_mapping=torch.from_numpy(order), idx_mapping=torch.from_numpy(order), idx_mapping_np=order)
 
     def run_round(r):
-        for slot in range(SLOTS):  # V2 reuses a slot by adding the next request to it
-            proc.add_request(slot, mixed_params(rng))
-            total[slot] = 20 + r % 100
-        proc.apply_staged_writes()
+        req_ids = [f"{r}-{i}" for i in range(SLOTS)]
+        for req_id in req_ids:  # V2 reuses the slots of finished requests
+            mrv2.add_request(req_id, rng.integers(3, vocab, 20 + r % 100).tolist(), mixed_params(rng))
+        mrv2.apply_staged_writes()
         for _ in range(STEPS):
-            proc.apply(torch.randn(SLOTS, vocab), ctx)
-            total.add_(1)
+            mrv2.apply(torch.randn(SLOTS, vocab), mrv2.context(req_ids))
+            for req_id in req_ids:
+                mrv2.commit(req_id, [int(rng.integers(3, vocab))])
+        for req_id in req_ids:
+            mrv2.remove_request(req_id)
 
     assert_flat(run_round)

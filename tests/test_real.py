@@ -14,6 +14,7 @@ from real_vllm.integration.processor import RealVllmLogitsProcessor
 from real_vllm.methods.edt import MIN_SCALE
 from real_vllm.thf import curves
 from real_vllm.thf.model import THFModel
+from tests.mrv2 import MRV2
 from tests.thf_fixtures import build_tiny_thf
 
 
@@ -105,26 +106,21 @@ def test_top_p_decay_rows_skip_the_thf_and_the_others_still_get_their_forecast(t
 
 
 def test_v2_windows_from_the_runner_token_history(tiny_model_dir, thf_dir):
-    slots, max_len, vocab = 6, 128, 1000
     rng = np.random.default_rng(1)
-    all_ids = torch.from_numpy(rng.integers(3, vocab, (slots, max_len))).int()
-    total = torch.tensor([0, 12, 0, 90, 0, 3], dtype=torch.int32)
-    req_states = SimpleNamespace(
-        device=torch.device("cpu"), max_num_reqs=slots,
-        all_token_ids=SimpleNamespace(gpu=all_ids), total_len=SimpleNamespace(gpu=total),
-    )
-    proc = RealVllmLogitsProcessor(vllm_config(tiny_model_dir, real_thf=str(thf_dir)), req_states)
-    for slot in (1, 3, 5):
-        proc.add_request(slot, real(0.85, 0.6))
-    proc.apply_staged_writes()
-    order = [5, 1, 3]
-    ctx = SimpleNamespace(expanded_idx_mapping=torch.tensor(order), idx_mapping=torch.tensor(order), idx_mapping_np=np.array(order))
-    logits = torch.randn(3, vocab) * 3
-    out = proc.apply(logits.clone(), ctx)
-    for row, slot in enumerate(order):
-        p_t = direct_threshold(thf_dir, all_ids[slot, : total[slot]].tolist(), 0.85, 0.6)
-        want = reference.top_p_mask(logits[row:row + 1], p_t.reshape(1))
-        assert torch.equal(out[row].isfinite(), want[0].isfinite())
+    mrv2 = MRV2(max_num_reqs=6, max_model_len=128, vocab_size=1000)
+    mrv2.build(RealVllmLogitsProcessor, vllm_config(tiny_model_dir, real_thf=str(thf_dir)))
+    for req_id, n in (("a", 12), ("b", 90), ("c", 3)):  # b: longer than the window
+        mrv2.add_request(req_id, rng.integers(3, 1000, n).tolist(), real(0.85, 0.6))
+    mrv2.apply_staged_writes()
+    order = ["c", "a", "b"]
+    for _ in range(2):  # the step after the prefill, then a decode step
+        logits = torch.randn(3, 1000) * 3
+        out = mrv2.apply(logits, mrv2.context(order))
+        for row, req_id in enumerate(order):
+            p_t = direct_threshold(thf_dir, mrv2.tokens(req_id), 0.85, 0.6)
+            want = reference.top_p_mask(logits[row:row + 1], p_t.reshape(1))
+            assert torch.equal(out[row].isfinite(), want[0].isfinite())
+            mrv2.commit(req_id, [int(rng.integers(3, 1000))])
 
 
 def test_startup_errors_say_what_to_do(tiny_model_dir, thf_dir, tmp_path, monkeypatch):
@@ -222,30 +218,24 @@ def test_cross_tokenizer_v2_reads_the_runner_token_history(tiny_model_dir, shipp
     served = AutoTokenizer.from_pretrained(str(tiny_model_dir))
     ids = served("The value of the key is returned; otherwise a KeyError — é 北 — is raised. " * 6,
                  add_special_tokens=False)["input_ids"]
-    slots, max_len = 4, len(ids) + 8
-    all_ids = torch.zeros(slots, max_len, dtype=torch.int32)
-    all_ids[1, : len(ids)] = torch.tensor(ids)
-    other = served("Zürich: a naïve façade, 3.5 m² — " * 12, add_special_tokens=False)["input_ids"][:max_len]
-    all_ids[3, : len(other)] = torch.tensor(other)
-    total = torch.tensor([0, 10, 0, 25], dtype=torch.int32)
-    req_states = SimpleNamespace(
-        device=torch.device("cpu"), max_num_reqs=slots,
-        all_token_ids=SimpleNamespace(gpu=all_ids), total_len=SimpleNamespace(gpu=total),
-    )
-    proc = RealVllmLogitsProcessor(vllm_config(tiny_model_dir, real_thf=str(shipped_thf), real_retokenize=True), req_states)
-    for slot in (1, 3):
-        proc.add_request(slot, real(0.85, 0.6))
-    proc.apply_staged_writes()
-    order = [3, 1]
-    ctx = SimpleNamespace(expanded_idx_mapping=torch.tensor(order), idx_mapping=torch.tensor(order), idx_mapping_np=np.array(order))
-    for _ in range(30):  # each step the runner has one more token per request
+    other = served("Zürich: a naïve façade, 3.5 m² — " * 12, add_special_tokens=False)["input_ids"]
+    mrv2 = MRV2(max_num_reqs=4, max_model_len=max(len(ids), len(other)) + 8, vocab_size=len(served))
+    mrv2.build(RealVllmLogitsProcessor, vllm_config(tiny_model_dir, real_thf=str(shipped_thf), real_retokenize=True))
+    sequences = {"a": ids, "b": other}
+    fed = {"a": 10, "b": 25}
+    for req_id, n in fed.items():
+        mrv2.add_request(req_id, sequences[req_id][:n], real(0.85, 0.6))
+    mrv2.apply_staged_writes()
+    order = ["b", "a"]
+    for _ in range(30):  # each step the runner has one more token of a, two more of b
         logits = torch.randn(2, len(served)) * 2
-        out = proc.apply(logits.clone(), ctx)
-        for row, slot in enumerate(order):
-            p_t = retokenised_threshold(served, shipped_thf, all_ids[slot, : total[slot]].tolist(), 0.85, 0.6)
+        out = mrv2.apply(logits, mrv2.context(order))
+        for row, req_id in enumerate(order):
+            p_t = retokenised_threshold(served, shipped_thf, mrv2.tokens(req_id), 0.85, 0.6)
             assert_nucleus(out[row], logits[row], p_t)
-        total[1] += 1
-        total[3] += 2
+        for req_id, k in (("a", 1), ("b", 2)):
+            mrv2.commit(req_id, sequences[req_id][fed[req_id]:fed[req_id] + k])
+            fed[req_id] += k
 
 
 def test_serve_flags_fold_into_additional_config(tmp_path, monkeypatch):

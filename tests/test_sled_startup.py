@@ -46,10 +46,29 @@ def test_start_up_refusals(tiny_model_dir, kwargs, message):
         config(tiny_model_dir, **kwargs)
 
 
-def test_speculative_decoding_is_refused_for_every_sampler(tiny_model_dir):
+def test_speculative_decoding_rules(tiny_model_dir, monkeypatch):
+    """V1 runner (this CPU build): no plugin processor runs under speculative decoding, so a
+    default sampler is refused at start-up and a request naming one gets a 400 (ValueError in
+    validate_params). --real-retokenize is refused on any runner. (Model Runner V2 runs the
+    processors on every draft row: tests/test_spec_rows.py; its config needs Triton to build.)"""
+    from vllm import SamplingParams
+
+    from real_vllm.integration import processor
+
+    monkeypatch.setitem(processor.SERVED, "no_processors", False)
     spec = {"method": "ngram", "num_speculative_tokens": 2, "prompt_lookup_max": 2}
-    with pytest.raises(ValueError, match="speculative decoding"):
+    with pytest.raises(ValueError, match="V1 model runner"):
         config(tiny_model_dir, additional_config={"sampler": "edt"}, speculative_config=spec)
+    with pytest.raises(ValueError, match="--real-retokenize cannot run with speculative decoding"):
+        config(tiny_model_dir, additional_config={"real_retokenize": True}, speculative_config=spec)
+    assert config(tiny_model_dir, speculative_config=spec).speculative_config
+    assert processor.SERVED["no_processors"]
+    with pytest.raises(ValueError, match="speculative decoding"):
+        processor.RealVllmLogitsProcessor.validate_params(SamplingParams(extra_args={"sampler": "real"}))
+    processor.RealVllmLogitsProcessor.validate_params(SamplingParams())
+    config(tiny_model_dir)
+    assert not processor.SERVED["no_processors"]
+    processor.RealVllmLogitsProcessor.validate_params(SamplingParams(extra_args={"sampler": "real"}))
 
 
 def test_an_architecture_without_a_wrapper_is_refused(tmp_path):

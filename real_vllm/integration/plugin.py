@@ -146,13 +146,17 @@ def _hook_engine_config(engine_args_cls) -> None:
     def create_engine_config(self, *args, **kwargs):
         extra = self.additional_config or {}
         sampler = extra.get("sampler", "none")
-        if sampler != "none" and self.speculative_config:
-            # vLLM's V1 runner drops custom logits processors under speculative decoding.
-            raise ValueError(
-                f"real_vllm: --sampler {sampler} cannot run with speculative decoding "
-                "(vLLM does not apply logits processors to draft tokens); drop one of them"
-            )
         needs_early = isinstance(sampler, str) and uses_early_layers(sampler)
+        if self.speculative_config and needs_early:
+            raise ValueError(
+                f"real_vllm: --sampler {sampler} cannot run with speculative decoding (the "
+                "early-layer model wrapper is not supported with a speculator); drop one of them"
+            )
+        if self.speculative_config and extra.get("real_retokenize") is True:
+            raise ValueError(
+                "real_vllm: --real-retokenize cannot run with speculative decoding (REAL's "
+                "re-tokenised text history cannot take draft tokens); drop one of them"
+            )
         if needs_early:
             try:
                 settings = EarlyLayerSettings.from_config(extra)
@@ -172,6 +176,18 @@ def _hook_engine_config(engine_args_cls) -> None:
             if not isinstance(self.hf_overrides, early_layers.EarlyLayerOverrides):
                 self.hf_overrides = early_layers.EarlyLayerOverrides(settings, self.hf_overrides)
         config = original(self, *args, **kwargs)
+        from real_vllm.integration.processor import SERVED
+
+        # vLLM's V1 runner loads no entry-point logits processor under speculative decoding
+        # (build_logitsprocs), so nothing of real_vllm would run; Model Runner V2 runs them on
+        # every draft row, which EDT and REAL handle.
+        SERVED["no_processors"] = bool(config.speculative_config) and not config.use_v2_model_runner
+        if SERVED["no_processors"] and sampler != "none":
+            raise ValueError(
+                f"real_vllm: --sampler {sampler} cannot run with speculative decoding on vLLM's "
+                "V1 model runner (it applies no plugin logits processors then); use Model Runner "
+                "V2 (the default on CUDA; VLLM_USE_V2_MODEL_RUNNER=1) or drop one of them"
+            )
         if needs_early:
             early_layers.check_wrapped(config.model_config.hf_config)
         early_layers.SERVED["early_layers"] = needs_early

@@ -42,6 +42,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("real_vllm")
 
+# Set by the plugin when vLLM builds the engine config (in the process that validates requests):
+# no_processors = speculative decoding on the V1 runner, which loads no plugin logits processor.
+SERVED = {"no_processors": False}
+
 def server_defaults(vllm_config: VllmConfig) -> dict[str, Any]:
     """The sampler settings in ``additional_config``, validated (a bad one stops start-up)."""
     extra = dict(getattr(vllm_config, "additional_config", None) or {})
@@ -78,7 +82,10 @@ class SlotLogitsProcessor(V1LogitsProcessor, V2LogitsProcessor):
 
     @classmethod
     def validate_params(cls, sampling_params: SamplingParams) -> None:
-        parse_sampler_args(sampling_params.extra_args)
+        request = parse_sampler_args(sampling_params.extra_args)
+        if SERVED["no_processors"] and request.sampler != "none":
+            raise ValueError(f"real_vllm: sampler {request.sampler} is unavailable on this server: vLLM's "
+                             "V1 model runner applies no plugin logits processor under speculative decoding")
 
     def _request(self, params: SamplingParams) -> SamplerRequest:
         return parse_sampler_args(params.extra_args, self.defaults)
@@ -111,18 +118,53 @@ class SlotLogitsProcessor(V1LogitsProcessor, V2LogitsProcessor):
         self.slots.flush()
 
     # ----------------------------------------------------------------- a step
+    #
+    # MRV2 hands every logits row to apply(): under speculative decoding a request owns
+    # 1 + its drafts consecutive rows, mapped to its slot by ctx.expanded_idx_mapping (device).
+    # The host has only the per-request mapping (ctx.idx_mapping_np): LogitsContext carries no
+    # host copy of the expanded mapping and no per-request draft counts (and with adaptive
+    # verification the split is decided on the device). So, as MRV2's own samplers do, what
+    # runs is decided per request on the host, and per-row parameters are gathered on the device.
 
-    def _step_rows(self, num_rows: int, ctx: LogitsContext | None) -> np.ndarray:
-        """The slot of every row, on the host (decides what runs without a device sync).
-        V1: row i is persistent-batch slot i. V2: the context maps rows to slots."""
+    def _step_requests(self, num_rows: int, ctx: LogitsContext | None) -> np.ndarray:
+        """The slot of every request of the step, on the host (never a device sync). Every
+        request owns at least one row, so any/all over these equal any/all over the rows."""
         return np.arange(num_rows) if ctx is None else ctx.idx_mapping_np
 
+    @staticmethod
+    def _has_drafts(num_rows: int, ctx: LogitsContext | None) -> bool:
+        """Whether rows and requests differ (MRV2 speculative decoding: draft rows)."""
+        return ctx is not None and num_rows != len(ctx.idx_mapping_np)
+
+    def _step_rows(self, num_rows: int, ctx: LogitsContext | None) -> np.ndarray:
+        """The slot of every row, on the host. V1: row i is persistent-batch slot i. V2: the
+        per-request mapping when there are no drafts. With drafts the row -> slot split is on
+        the device only: when no request of the step runs a method of this processor the
+        per-request slots are returned (nothing runs on any row, callers return early);
+        otherwise ctx.expanded_idx_mapping is copied to the host, a device sync (processors
+        that must not sync use _step_requests and device-side columns instead)."""
+        slots = self._step_requests(num_rows, ctx)
+        if not self._has_drafts(num_rows, ctx):
+            return slots
+        if not any(runs[slots].any() for runs in self.slots.runs.values()):
+            return slots
+        return ctx.expanded_idx_mapping.cpu().numpy()
+
     def _columns(self, num_rows: int, ctx: LogitsContext | None):
-        """name -> that parameter of every row, on the device."""
+        """name -> that parameter of every row, on the device (rows of requests that do not
+        run the method hold its identity value)."""
         if ctx is None:
             self.slots.flush()
             return lambda name: self.slots.column(name)[:num_rows]
         return lambda name: self.slots.column(name)[ctx.expanded_idx_mapping]
+
+    def _to_device(self, host: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """A host array on the processor's device: from pinned memory, without blocking the
+        host (the pinned copy is fresh, so nothing overwrites it while the copy is queued)."""
+        t = torch.from_numpy(np.ascontiguousarray(host)) if isinstance(host, np.ndarray) else host
+        if self.device.type == "cpu":
+            return t
+        return t.pin_memory().to(self.device, non_blocking=True)
 
 
 class RealVllmLogitsProcessor(SlotLogitsProcessor):
@@ -189,31 +231,32 @@ class RealVllmLogitsProcessor(SlotLogitsProcessor):
 
     def apply(self, logits: torch.Tensor, ctx: LogitsContext | None = None) -> torch.Tensor:
         num_rows = logits.shape[0]
-        host_slots = self._step_rows(num_rows, ctx)
-        run_edt = self.slots.runs["edt"][host_slots]
-        run_real = self.slots.runs["real"][host_slots]
-        if not (run_edt.any() or run_real.any()):
+        requests = self._step_requests(num_rows, ctx)
+        run_edt = self.slots.runs["edt"][requests].any()
+        run_real = self.slots.runs["real"][requests].any()
+        if not (run_edt or run_real):
             return logits
         column = self._columns(num_rows, ctx)
         if not logits.is_contiguous():
             logits = logits.contiguous()
-        if run_edt.any():
+        if run_edt:  # every row: the others hold EDT's identity (t0 = 1, theta = 0)
             edt.apply_(logits, column("edt_t0"), column("edt_n"), column("edt_theta"))
-        if run_real.any():
-            rows = np.flatnonzero(run_real)
-            idx = torch.from_numpy(rows).to(logits.device)
-            top_p = torch.ones(num_rows, dtype=torch.float32, device=logits.device)
-            top_p[idx] = self._real_thresholds(rows, idx, host_slots, column)
-            real.apply_(logits, top_p)
+        if run_real:
+            real.apply_(logits, self._real_thresholds(num_rows, ctx, requests, column))
         return logits
 
-    def _real_thresholds(self, rows: np.ndarray, idx: torch.Tensor, host_slots: np.ndarray, column) -> torch.Tensor:
-        """p_t of the REAL rows (``idx``: the same rows on the device): one batched THF
-        forward on the last tokens of the rows that need it. Rows whose decay is at least
-        real.TOP_P_DECAY are plain top-p(p0) and skip the THF (decided on the host copy)."""
-        p0, decay = column("real_p0")[idx], column("real_decay_temperature")[idx]
-        host_decay = self.slots.host_column("real_decay_temperature").numpy()[host_slots[rows]]
-        forecast = host_decay < real.TOP_P_DECAY
+    def _real_thresholds(self, num_rows: int, ctx, requests: np.ndarray, column) -> torch.Tensor:
+        """p_t of every row: 1 for rows of other requests (REAL's identity: p0 = 1 at top-p
+        decay), p0 for REAL rows at top-p decay (>= real.TOP_P_DECAY: no THF), the THF's
+        forecast on the row's window for the others, in one batched forward. What needs the
+        THF is decided per request on the host; the forward covers every row when every
+        request needs it (no index at all), else, without drafts, the requests that need it
+        (their rows' indices copied from pinned memory), else (drafts in a mixed batch: rows
+        map to requests on the device only) every row, the forecast kept where the row's
+        decay asks for one."""
+        p0, decay = column("real_p0"), column("real_decay_temperature")
+        host_decay = self.slots.host_column("real_decay_temperature").numpy()[requests]
+        forecast = self.slots.runs["real"][requests] & (host_decay < real.TOP_P_DECAY)
         if not forecast.any():
             return p0
         if self.thf is None:
@@ -223,55 +266,104 @@ class RealVllmLogitsProcessor(SlotLogitsProcessor):
                 self._warned_no_thf = True
             return p0
         if forecast.all():
-            windows, lengths = self._windows(rows, host_slots)
-            return real.threshold(self.thf.residual_entropy(windows, lengths), p0, decay)
-        sub = np.flatnonzero(forecast)
-        sub_idx = torch.from_numpy(sub).to(p0.device)
-        windows, lengths = self._windows(rows[sub], host_slots)
-        thresholds = p0.clone()
-        thresholds[sub_idx] = real.threshold(self.thf.residual_entropy(windows, lengths), p0[sub_idx], decay[sub_idx])
-        return thresholds
+            return real.threshold(self._residual_entropy(num_rows, None, None, ctx), p0, decay)
+        if not self._has_drafts(num_rows, ctx):
+            rows = np.flatnonzero(forecast)
+            idx = self._to_device(rows)
+            thresholds = p0.clone()
+            d = self._residual_entropy(num_rows, rows, idx, ctx)
+            thresholds[idx] = real.threshold(d, p0[idx], decay[idx])
+            return thresholds
+        every = real.threshold(self._residual_entropy(num_rows, None, None, ctx), p0, decay)
+        return torch.where(decay < real.TOP_P_DECAY, every, p0)
 
-    def _windows(self, rows: np.ndarray, host_slots: np.ndarray):
-        """The last THF-window tokens (prompt + output so far) of each row, right-aligned in
-        a [R, window] tensor (left padding), and their lengths."""
+    def _residual_entropy(self, num_rows: int, rows: np.ndarray | None, idx: torch.Tensor | None, ctx):
+        """The THF's d on the windows of ``rows`` (host; ``idx``: the same on the device), or
+        of every row when both are None."""
+        windows, lengths = self._windows(num_rows, rows, idx, ctx)
+        return self.thf.residual_entropy(windows, lengths)
+
+    def _windows(self, num_rows: int, rows: np.ndarray | None, idx: torch.Tensor | None, ctx):
+        """The last THF-window tokens of each row: prompt + output up to and including the
+        token the row was fed (under speculative decoding: the request's drafts before the
+        row), right-aligned in a [R, window] tensor (left padding), and their lengths."""
         width = self.thf.window
-        slots = host_slots[rows]
+        if self.req_states is not None and self._retokenizer is None:
+            return self._v2_windows(num_rows, idx, ctx, width)
+        if self._has_drafts(num_rows, ctx):
+            raise RuntimeError("real_vllm: REAL with --real-retokenize cannot run on speculative-"
+                               "decoding draft rows (start-up refuses this combination)")
+        rows = np.arange(num_rows) if rows is None else rows
+        slots = self._step_requests(num_rows, ctx)[rows]  # no drafts: a row is a request
         if self._retokenizer is not None:
-            windows, lengths = right_aligned_windows(self._retokenized(slots), width)
-            return windows.to(self.device), lengths.to(self.device)
-        if self.req_states is None:  # V1: vLLM's token lists (a short slice per row)
-            tails = [prompt[-width:] + output[-width:] for prompt, output in (self.slots.tokens[s] for s in slots)]
-            windows, lengths = right_aligned_windows(tails, width)
-            return windows.to(self.device), lengths.to(self.device)
-        # V2: gather from the runner's on-device token history, no host loop.
-        slot_idx = torch.from_numpy(slots).to(self.device)
-        total = self.req_states.total_len.gpu[slot_idx].long()
-        offsets = torch.arange(width, device=self.device) - width
-        pos = total[:, None] + offsets[None, :]
-        valid = pos >= 0
-        tokens = self.req_states.all_token_ids.gpu[slot_idx[:, None], pos.clamp_min(0)]
-        return torch.where(valid, tokens.long(), 0), total.clamp_max(width)
+            sequences = self._retokenized(slots)
+        else:  # V1: vLLM's token lists (a short slice per row)
+            sequences = [self._v1_tail(*self.slots.tokens[s], width) for s in slots]
+        windows, lengths = right_aligned_windows(sequences, width)
+        return self._to_device(windows), self._to_device(lengths)
+
+    @staticmethod
+    def _known_len(output: list[int]) -> int:
+        """The length of a V1 output list without its trailing async-scheduling placeholders
+        (-1: tokens sampled on the device whose ids the host does not have yet; vLLM fills them
+        in only for processors it was given by name, not for entry-point ones: vLLM issue
+        52461). The THF then reads the sequence up to the last known token."""
+        n = len(output)
+        while n and output[n - 1] < 0:
+            n -= 1
+        return n
+
+    @classmethod
+    def _v1_tail(cls, prompt: list[int], output: list[int], width: int) -> list[int]:
+        n = cls._known_len(output)
+        tail = prompt[-width:] + output[max(0, n - width):n]
+        return [t for t in tail if t >= 0] if any(t < 0 for t in tail) else tail
+
+    def _v2_windows(self, num_rows: int, idx: torch.Tensor | None, ctx, width: int):
+        """MRV2, on the device: a row fed the token at position ``pos`` reads positions
+        pos - width + 1 .. pos. Its request's rows hold the tokens from the request's first
+        row on (ctx.input_ids: the last committed token, then the drafts); earlier positions
+        are committed, in req_states.all_token_ids. A draft row whose input is a placeholder
+        (-1, drafts of a step that starts inside the prefill; its sample is rejected) reads
+        the request's first row's window, so no placeholder reaches the THF."""
+        dev = self.device
+        row = torch.arange(num_rows, device=dev) if idx is None else idx
+        local = ctx.expanded_local_pos[row].long()
+        pos = ctx.pos[row].long()
+        slot = ctx.expanded_idx_mapping[row].long()
+        first_pos = pos - local  # the position of the request's first row
+        end = torch.where(ctx.input_ids[row] < 0, first_pos, pos)
+        q = end[:, None] + (torch.arange(width, device=dev) - (width - 1))[None, :]
+        from_rows = q >= first_pos[:, None]
+        src = ((row - local)[:, None] + (q - first_pos[:, None])).clamp(0, ctx.input_ids.shape[0] - 1)
+        history = self.req_states.all_token_ids.gpu
+        committed = history[slot[:, None], q.clamp(0, history.shape[1] - 1)].long()
+        tokens = torch.where(from_rows, ctx.input_ids[src].long(), committed)
+        tokens = torch.where(q >= 0, tokens, 0).clamp_min(0)
+        return tokens, (end + 1).clamp_max(width)
 
     def _retokenized(self, slots: np.ndarray) -> list[list[int]]:
         """Cross-tokenizer path: each row's new served tokens since the last step, fed to its
         TextHistory; the THF ids of each row's window (see real_vllm/thf/retokenize.py)."""
         retok = self._retokenizer
-        if self.req_states is None:  # V1: the live token lists
+        if self.req_states is None:  # V1: the live token lists, without placeholders
             histories, new = [], []
             for prompt, output, history in (self.slots.tokens[s] for s in slots):
-                start = retok.start(history, len(prompt) + len(output))
+                n = self._known_len(output)
+                start = retok.start(history, len(prompt) + n)
                 histories.append(history)
-                new.append(output[start - len(prompt):] if start >= len(prompt) else prompt[start:] + output)
+                new.append(output[start - len(prompt):n] if start >= len(prompt) else prompt[start:] + output[:n])
             return retok.windows(histories, new)
         # V2: the text is made on the host, so the rows' lengths and new tokens are copied there
-        # (two small copies per step; the same-tokenizer path needs none).
+        # (two small device-to-host copies per step, which wait for the device; the
+        # same-tokenizer path needs none).
         histories = [self.slots.tokens[s] for s in slots]
-        slot_idx = torch.from_numpy(slots).to(self.device)
+        slot_idx = self._to_device(slots.astype(np.int64))
         totals = self.req_states.total_len.gpu[slot_idx].tolist()
         starts = [retok.start(h, n) for h, n in zip(histories, totals)]
         span = max(n - a for a, n in zip(starts, totals))
-        pos = torch.tensor(starts, device=self.device)[:, None] + torch.arange(span, device=self.device)[None, :]
-        tokens = self.req_states.all_token_ids.gpu[slot_idx[:, None], pos.clamp_max(self.req_states.all_token_ids.gpu.shape[1] - 1)]
+        width = self.req_states.all_token_ids.gpu.shape[1]
+        pos = self._to_device(np.asarray(starts, dtype=np.int64))[:, None] + torch.arange(span, device=self.device)[None, :]
+        tokens = self.req_states.all_token_ids.gpu[slot_idx[:, None], pos.clamp_max(width - 1)]
         host = tokens.cpu().tolist()
         return retok.windows(histories, [row[: n - a] for row, a, n in zip(host, starts, totals)])

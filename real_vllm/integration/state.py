@@ -16,7 +16,7 @@ from real_vllm.methods import SamplerRequest
 # method -> {column: identity value}; the column names are the request parameters.
 COLUMNS: dict[str, dict[str, float]] = {
     "edt": {"edt_t0": 1.0, "edt_n": 0.8, "edt_theta": 0.0},
-    "real": {"real_p0": 1.0, "real_decay_temperature": 1.0},
+    "real": {"real_p0": 1.0, "real_decay_temperature": 1e9},  # 1e9: real.TOP_P_DECAY, no THF
 }
 EARLY_COLUMNS: dict[str, dict[str, float]] = {
     "sled": {"sled_alpha": 0.0, "sled_k": 1.0, "sled_lower_bound": -1000.0},
