@@ -10,7 +10,8 @@
     ops.sled_evolve_from_hidden(final, hidden, weight, alpha, k, lower_bound)
                                                           -> the same from early hidden states,
                                                              never holding [L, B, V]
-    ops.dola_contrast(final, early, relative_top)         -> (DoLa scores [B, V], layer [B])
+    ops.dola_contrast(final, early, relative_top, divergence)
+                                                          -> (DoLa scores [B, V], layer [B])
 
 ``logits`` is [B, V] float32, bf16 or fp16 (computed in float32). Per-row parameters are a
 Python number (same for every row) or a [B] tensor. The ``inplace=True`` variants need
@@ -425,14 +426,107 @@ def sled_evolve_from_hidden(
     return x
 
 
+# --------------------------------------------------------------------------- working memory
+
+WORKING_MEMORY = 256 * 2**20
+"""Bytes of working memory one SLED or DoLa step may hold beyond its inputs and outputs (the
+logits, the early hidden states, lm_head's weight): 256 MiB. vLLM's memory profiling does not
+run logits processors, so this comes out of the few percent vLLM leaves free. The early-layer
+processor splits its rows (and SLED's vocabulary chunks) to stay under it, and dola_contrast
+splits its own rows; a single row that alone needs more is processed alone."""
+
+DOLA_ROW_TEMPS = 9  # float32 [V] temporaries per row that dola_contrast holds at its peak
+
+
+def dola_rows_per_block(vocab: int, budget: int = WORKING_MEMORY) -> int:
+    """Rows dola_contrast takes at once so that its temporaries stay under ``budget`` bytes."""
+    return max(1, int(budget) // (DOLA_ROW_TEMPS * 4 * max(1, vocab)))
+
+
 def dola_contrast(
-    final_logits: torch.Tensor, early_logits: torch.Tensor, relative_top=0.1
+    final_logits: torch.Tensor,
+    early_logits: torch.Tensor,
+    relative_top=0.1,
+    divergence="authors",
+    *,
+    inplace: bool = False,
+    budget: int = WORKING_MEMORY,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """DoLa (arXiv 2309.03883): (scores [B, V], the chosen premature layer [B]).
 
-    One implementation for every device: a handful of vectorised torch reductions over the
-    candidate layers' logits, which DoLa needs in full anyway (the JSD and the contrast).
+    divergence: "authors" (transformers' ``_dola_select_contrast``, the default), "jsd" (the
+    paper's), or a [B] tensor (nonzero = jsd); semantics are reference.dola_contrast's. One
+    implementation for every device, in torch, and lean: rows go in blocks of
+    ``dola_rows_per_block(V, budget)``, the candidate layers one at a time, so beyond the
+    inputs and the output it holds DOLA_ROW_TEMPS float32 [V] vectors per row of a block,
+    never a copy of the [L, B, V] early logits. ``inplace=True`` writes the scores into the
+    (contiguous float32) final logits.
     """
-    x = _check_logits(final_logits, inplace=False, read_only=True)
+    x = _check_logits(final_logits, inplace, read_only=True)
     _check_early("early_logits", early_logits, x, None)
-    return reference.dola_contrast(x, early_logits, relative_top)
+    if early_logits.shape[2] != x.shape[1]:
+        raise ValueError(f"early_logits vocab {early_logits.shape[2]} != logits vocab {x.shape[1]}")
+    if early_logits.shape[0] == 0:
+        raise ValueError("early_logits must hold at least one candidate layer")
+    batch, vocab = x.shape
+    relative_top = _per_row("relative_top", relative_top, x)
+    if isinstance(divergence, str):
+        reference._dola_jsd_rows(divergence, 0, x.device)  # validates the name
+        jsd = divergence == "jsd"
+    else:
+        jsd = reference._dola_jsd_rows(divergence, batch, x.device)
+    out = x if inplace else torch.empty_like(x)
+    premature = torch.zeros(batch, dtype=torch.int64, device=x.device)
+    block = dola_rows_per_block(vocab, budget)
+    for start in range(0, batch, block):
+        rows = slice(start, min(start + block, batch))
+        _dola_block(x[rows], early_logits[:, rows], relative_top[rows], jsd if isinstance(jsd, bool) else jsd[rows],
+                    out[rows], premature[rows])
+    return out, premature
+
+
+def _dola_divergences(q, log_q, log_e, counted, jsd, vocab: int) -> torch.Tensor:
+    """One candidate layer's divergence from the final layer, per row: the same expressions,
+    in the same order, as reference.dola_contrast (so the same layer wins), with at most four
+    [r, V] temporaries alive."""
+    e = log_e.exp()
+    m = torch.add(q, e).mul_(0.5)
+    log_m = m.log()
+
+    def kl(p, log_p, log_r):
+        t = torch.sub(log_p, log_r).mul_(p)
+        return t.masked_fill_(~(counted & (p > 0)), 0.0).sum(-1)
+
+    authors = jsd_value = None
+    if jsd is not True:
+        authors = 0.5 * (kl(m, log_m, log_q) / vocab + kl(m, log_m, log_e) / vocab)
+    if jsd is not False:
+        jsd_value = 0.5 * (kl(q, log_q, log_m) + kl(e, log_e, log_m))
+    if isinstance(jsd, bool):
+        return jsd_value if jsd else authors
+    return torch.where(jsd, jsd_value, authors)
+
+
+def _dola_block(x, early, relative_top, jsd, out, premature) -> None:
+    """dola_contrast on one block of rows: x [r, V], early [L, r, V] (a view), out [r, V]
+    (may be x itself), premature [r] (written)."""
+    rows, vocab = x.shape
+    counted = x > float("-inf")  # a masked token carries no information
+    log_q = torch.log_softmax(x, dim=-1)
+    q = log_q.exp()
+    best = torch.full((rows,), float("-inf"), device=x.device)
+    for layer in range(early.shape[0]):
+        log_e = torch.log_softmax(early[layer].to(torch.float32), dim=-1)
+        d = _dola_divergences(q, log_q, log_e, counted, jsd, vocab)
+        del log_e
+        # strictly greater: the first layer wins a tie; a NaN wins and stays, as in argmax
+        better = (d > best) | (torch.isnan(d) & ~torch.isnan(best))
+        best = torch.where(better, d, best)
+        premature.masked_fill_(better, layer)
+    del q
+    log_q_m = torch.log_softmax(early[premature, torch.arange(rows, device=x.device)].to(torch.float32), dim=-1)
+    keep = log_q >= log_q.max(dim=-1, keepdim=True).values + torch.log(relative_top)[:, None]
+    scores = log_q.sub_(log_q_m).masked_fill_(~keep, float("-inf"))
+    del log_q_m, keep
+    unchanged = reference._bad_rows(x) | ~counted.any(dim=-1)
+    torch.where(unchanged[:, None], x, scores, out=out)

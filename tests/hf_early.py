@@ -1,8 +1,15 @@
 """SLED and DoLa written directly from ALGORITHMS.md §3-4 on a Hugging Face model, batch 1,
 greedy: the independent oracle the served tokens are compared with. Nothing from real_vllm.
+
+DoLa's default is the authors' code: the steps of transformers 4.46.3's ``_dola_select_contrast``
+and ``_relative_top_filter`` (src/transformers/generation/utils.py lines 4696-4740 and
+4671-4693), re-written here; tests/test_dola_authors.py checks this oracle against
+transformers 4.46.3 itself where it is installed beside the venv.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -12,7 +19,7 @@ def _step_logits(model, ids: list[int], normed: bool):
     out = model(torch.tensor([ids]), output_hidden_states=True)
     final = out.logits[0, -1].float()
     # hidden_states[n] is the residual stream after n layers (0 = embeddings); the final
-    # norm only where asked (real_vllm's defaults: off for SLED, on for DoLa)
+    # norm only where asked (off by default for both, as in their reference code)
     norm = model.model.norm if normed else (lambda h: h)
     early = [model.lm_head(norm(h[0, -1])).float() for h in out.hidden_states[:-1]]
     return final, torch.stack(early)
@@ -36,24 +43,37 @@ def sled_next_logits(final, early, alpha, k, lower_bound=-1000.0):
     return out
 
 
-def dola_next_logits(final, early, layers, relative_top=0.1):
+def _authors_divergence(log_q, log_e):
+    """transformers 4.46.3 ``_dola_select_contrast`` steps 2-5 for one candidate layer: the mean
+    over the vocabulary of F.kl_div(log q, m) for the final and the premature layer, halved."""
+    m = 0.5 * (log_q.exp() + log_e.exp())
+    kl1 = F.kl_div(log_q, m, reduction="none").mean(-1)
+    kl2 = F.kl_div(log_e, m, reduction="none").mean(-1)
+    return 0.5 * (kl1 + kl2)
+
+
+def _paper_jsd(log_q, log_e):
+    """The paper's Jensen-Shannon divergence, 1/2 [KL(q_N || m) + KL(q_j || m)]."""
+    m = 0.5 * (log_q.exp() + log_e.exp())
+    return 0.5 * (F.kl_div(m.log(), log_q, log_target=True, reduction="sum")
+                  + F.kl_div(m.log(), log_e, log_target=True, reduction="sum"))
+
+
+def dola_next_logits(final, early, layers, relative_top=0.1, divergence="authors"):
     log_q = final.log_softmax(-1)
-    best, best_jsd = None, -1.0
-    for n in layers:
-        log_e = early[n].log_softmax(-1)
-        m = 0.5 * (log_q.exp() + log_e.exp())
-        jsd = 0.5 * (F.kl_div(m.log(), log_q, log_target=True, reduction="sum")
-                     + F.kl_div(m.log(), log_e, log_target=True, reduction="sum"))
-        if jsd > best_jsd:
-            best, best_jsd = n, float(jsd)
-    contrast = log_q - early[best].log_softmax(-1)
-    plausible = log_q >= log_q.max() + torch.log(torch.tensor(relative_top))
-    return torch.where(plausible, contrast, torch.full_like(contrast, float("-inf")))
+    measure = _authors_divergence if divergence == "authors" else _paper_jsd
+    scores = torch.stack([measure(log_q, early[n].log_softmax(-1)) for n in layers])
+    best = layers[int(scores.argmax())] if len(layers) > 1 else layers[0]
+    # _relative_top_filter with min_tokens_to_keep = 1: threshold = max log q_N + log(relative_top)
+    base = early[best].log_softmax(-1)
+    threshold = log_q.max() + math.log(relative_top)
+    contrast = log_q - torch.where(log_q < threshold, torch.full_like(base, -1e-3), base)
+    return torch.where(log_q < threshold, torch.full_like(contrast, float("-inf")), contrast)
 
 
 @torch.no_grad()
 def greedy(model, prompt_ids: list[int], max_new: int, method: str, normed: bool | None = None, **kw) -> list[int]:
-    normed = (method == "dola") if normed is None else normed
+    normed = False if normed is None else normed
     ids = list(prompt_ids)
     for _ in range(max_new):
         final, early = _step_logits(model, ids, normed)

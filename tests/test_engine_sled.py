@@ -48,11 +48,22 @@ def test_greedy_sled_equals_hugging_face_oracle(llm, hf, alpha, k):
         assert tokens == greedy(model, tokenizer(prompt)["input_ids"], NEW_TOKENS, "sled", alpha=alpha, k=k)
 
 
-def test_greedy_dola_equals_hugging_face_oracle(llm, hf):
+@pytest.mark.parametrize("divergence", [None, "jsd", "authors"])
+def test_greedy_dola_equals_hugging_face_oracle(llm, hf, divergence):
+    # None: the default, the authors' divergence (transformers 4.46's), un-normed early layers
     model, tokenizer = hf
-    served = generate(llm, PROMPTS, {"sampler": "dola"})
+    extra = {"sampler": "dola", **({"dola_divergence": divergence} if divergence else {})}
+    served = generate(llm, PROMPTS, extra)
     for prompt, tokens in zip(PROMPTS, served):
-        assert tokens == greedy(model, tokenizer(prompt)["input_ids"], NEW_TOKENS, "dola", layers=DOLA_LAYERS)
+        assert tokens == greedy(model, tokenizer(prompt)["input_ids"], NEW_TOKENS, "dola", layers=DOLA_LAYERS,
+                                divergence=divergence or "authors")
+
+
+def test_dola_divergences_differ_and_mix_in_one_batch(llm):
+    kinds = [{"sampler": "dola"}, {"sampler": "dola", "dola_divergence": "jsd"}] * 2
+    together = generate(llm, PROMPTS, kinds)
+    assert together == [generate(llm, [p], [e])[0] for p, e in zip(PROMPTS, kinds)]
+    assert generate(llm, PROMPTS, kinds[0]) != generate(llm, PROMPTS, kinds[1])
 
 
 def test_plain_requests_on_a_sled_server_get_the_models_own_logits(llm, hf):
@@ -101,6 +112,7 @@ def test_sled_composes_with_edt_and_vllm_sampling(llm):
         ({"sampler": "sled", "sled_alpha": "big"}, "sled_alpha"),
         ({"sampler": "sled", "sled_lower_bound": float("nan")}, "sled_lower_bound"),
         ({"sampler": "dola", "dola_relative_top": 0}, "dola_relative_top"),
+        ({"sampler": "dola", "dola_divergence": "kl"}, "dola_divergence"),
         ({"sampler": "sled", "sled_layers": "all"}, "sled_layers"),
     ],
 )

@@ -97,29 +97,52 @@ class EarlyRows:
     def num_rows(self) -> int:
         return self.hidden.shape[1]
 
-    def hidden_of(self, layers: list[int], rows: torch.Tensor | None, normed: bool) -> torch.Tensor:
+    @property
+    def logits_dtype_bytes(self) -> int:
+        """Bytes per element of the early logits lm_head makes before they become float32."""
+        return (self.weight if self.weight is not None else self.hidden).element_size()
+
+    def hidden_of(self, layers: list[int], rows, normed: bool) -> torch.Tensor:
+        """[L', R', H] hidden states of ``layers`` at ``rows``: None (all), a slice or an index
+        tensor."""
         index = torch.tensor([self.layers.index(n) for n in layers], device=self.hidden.device)
         h = self.hidden.index_select(0, index)
-        if rows is not None:
+        if isinstance(rows, slice):
+            h = h[:, rows]
+        elif rows is not None:
             h = h.index_select(1, rows)
         if normed:
             h = self.norm(h.reshape(-1, h.shape[-1])).reshape(h.shape)
         return h
 
-    def sled_input(self, layers: list[int], rows: torch.Tensor | None, normed: bool):
+    def sled_input(self, layers: list[int], rows, normed: bool):
         """What methods.sled.apply_ takes: (hidden, weight, scale), or full early logits."""
         h = self.hidden_of(layers, rows, normed)
         if self.weight is not None:
             return h, self.weight, self.scale
-        return torch.stack([self.project(x) for x in h]).float()
+        return self._projected(h)
 
-    def logits_of(self, layers: list[int], rows: torch.Tensor | None, normed: bool, vocab: int) -> torch.Tensor:
-        """Full early logits [L', R', V] (DoLa needs whole distributions)."""
+    def logits_of(self, layers: list[int], rows, normed: bool, vocab: int) -> torch.Tensor:
+        """Full early logits [L', R', V] float32 (DoLa needs whole distributions): one GEMM for
+        every layer and row (lm_head's weight is read once), scaled in place; the only other
+        copy is lm_head's own output when the weight is not float32."""
         h = self.hidden_of(layers, rows, normed)
         if self.weight is None:
-            return torch.stack([self.project(x) for x in h]).float()
+            return self._projected(h)
         logits = torch.matmul(h.to(self.weight.dtype), self.weight[:vocab].T)
-        return (logits * self.scale if self.scale != 1.0 else logits).float()
+        if self.scale != 1.0:
+            logits.mul_(self.scale)
+        return logits.float()
+
+    def _projected(self, h: torch.Tensor) -> torch.Tensor:
+        """vLLM's own logits path, one layer at a time into one float32 [L', R', V] tensor."""
+        first = self.project(h[0])
+        out = torch.empty((h.shape[0], *first.shape), dtype=torch.float32, device=first.device)
+        out[0].copy_(first)
+        del first
+        for i in range(1, h.shape[0]):
+            out[i].copy_(self.project(h[i]))
+        return out
 
 
 class _Tap:

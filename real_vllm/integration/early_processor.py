@@ -40,7 +40,7 @@ class EarlyLayerLogitsProcessor(SlotLogitsProcessor):
         self.sled_layers = getattr(config, early_layers.SLED_LAYERS, None)
         self.dola_layers = getattr(config, early_layers.DOLA_LAYERS, None)
         self.normed = {"sled": bool(getattr(config, early_layers.SLED_NORM, False)),
-                       "dola": bool(getattr(config, early_layers.DOLA_NORM, True))}
+                       "dola": bool(getattr(config, early_layers.DOLA_NORM, False))}
         self._warned_no_tap = False
 
     @classmethod
@@ -69,18 +69,34 @@ class EarlyLayerLogitsProcessor(SlotLogitsProcessor):
             logits = logits.contiguous()
         vocab = logits.shape[1]
         for method, layers in (("sled", self.sled_layers), ("dola", self.dola_layers)):
-            if not run[method].any():
+            rows = np.flatnonzero(run[method])
+            if not len(rows):
                 continue
-            every = bool(run[method].all())
-            rows = None if every else torch.from_numpy(np.flatnonzero(run[method])).to(logits.device)
-            target = logits if every else logits.index_select(0, rows)
-            params = {n: column(n) if every else column(n)[rows] for n in EARLY_COLUMNS[method]}
+            # Rows in chunks sized by ops.WORKING_MEMORY (vLLM's memory profiling never runs
+            # this processor, so the working memory must stay small whatever the batch).
             if method == "sled":
-                sled.apply_(target, tap.sled_input(layers, rows, self.normed["sled"]), params["sled_alpha"],
-                            params["sled_k"], params["sled_lower_bound"])
+                step, chunk = sled.plan(len(rows), len(layers), vocab, from_hidden=tap.weight is not None,
+                                        logits_dtype_bytes=tap.logits_dtype_bytes)
             else:
-                early = tap.logits_of(layers, rows, self.normed["dola"], vocab)
-                dola.apply_(target, early, params["dola_relative_top"])
-            if not every:
-                logits.index_copy_(0, rows, target)
+                step = dola.rows_per_chunk(len(layers), vocab, tap.logits_dtype_bytes)
+            for start in range(0, len(rows), step):
+                part = rows[start:start + step]
+                # a run of rows is taken as views; other rows are gathered and written back
+                run_of_rows = int(part[-1]) - int(part[0]) + 1 == len(part)
+                pick = slice(int(part[0]), int(part[-1]) + 1) if run_of_rows else (
+                    torch.from_numpy(part).to(logits.device))
+                target = logits[pick] if run_of_rows else logits.index_select(0, pick)
+                params = {n: column(n)[pick] for n in EARLY_COLUMNS[method]}
+                if method == "sled":
+                    k = self.slots.host_column("sled_k")[torch.from_numpy(host_slots[part])]  # no device sync
+                    sled.apply_(target, tap.sled_input(layers, pick, self.normed["sled"]), params["sled_alpha"], k,
+                                params["sled_lower_bound"], chunk=chunk)
+                else:
+                    codes = np.unique(self.slots.host_column("dola_divergence").numpy()[host_slots[part]])
+                    divergence = str(dola.Divergence(float(codes[0]))) if len(codes) == 1 else params["dola_divergence"]
+                    dola.apply_(target, tap.logits_of(layers, pick, self.normed["dola"], vocab),
+                                params["dola_relative_top"], divergence)
+                if not run_of_rows:
+                    logits.index_copy_(0, pick, target)
+                del target
         return logits

@@ -2,50 +2,98 @@
 
 Chuang et al., "DoLa: Decoding by Contrasting Layers Improves Factuality in Large Language
 Models", ICLR 2024, arXiv 2309.03883 (ALGORITHMS.md §4). Per step the premature layer M is the
-candidate layer whose next-token distribution diverges most (Jensen-Shannon) from the final
-one, and the logits become log q_N - log q_M on the tokens with q_N >= relative_top * max q_N
-(-inf elsewhere). The paper recommends a repetition penalty of 1.2 with it.
+candidate layer whose next-token distribution diverges most from the final one, and the logits
+become log q_N - log q_M on the tokens with q_N >= relative_top * max q_N (-inf elsewhere).
+The paper recommends a repetition penalty of 1.2 with it (vLLM's own penalty applies after
+this contrast, as transformers' logits processors do after ``_dola_select_contrast``).
+
+Which divergence (``dola_divergence``): "authors", the default, is what the authors' code
+(voidism/DoLa) and transformers' ``generate(dola_layers=...)`` compute and what the published
+numbers come from: 1/2 [KL(m || q_N) + KL(m || q_j)] / V with m = (q_N + q_j) / 2 (their
+``F.kl_div(log q, m).mean(-1)``). "jsd" is the paper's Jensen-Shannon divergence, which is
+bounded by ln 2 and saturates there on early layers taken without the final norm (the default,
+as in both originals), leaving the layer choice to rounding. See reference.dola_contrast.
 """
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 import torch
 
 from real_vllm import ops
-from real_vllm.methods.params import require_number
+from real_vllm.methods.params import _show, require_number
+
+
+class Divergence(float, enum.Enum):
+    """dola_divergence: a float subclass, so a request's choice sits in a float32 slot column
+    (0 = authors, 1 = jsd) like every other per-request parameter."""
+
+    AUTHORS = 0.0
+    JSD = 1.0
+
+    def __str__(self) -> str:
+        return self.name.lower()
+
+
+def require_divergence(name: str, value) -> Divergence:
+    if isinstance(value, Divergence):
+        return value
+    choices = [str(d) for d in Divergence]
+    if isinstance(value, str) and value.strip().lower() in choices:
+        return Divergence[value.strip().upper()]
+    raise ValueError(f"{name} must be one of {', '.join(repr(c) for c in choices)}; got {_show(value)}")
 
 
 @dataclass(frozen=True)
 class DoLaConfig:
     relative_top: float = 0.1  # dola_relative_top: the plausibility cut, in (0, 1]
+    divergence: Divergence = Divergence.AUTHORS  # dola_divergence: "authors" or "jsd"
 
-    PARAMS = {"dola_relative_top": "relative_top"}
+    PARAMS = {"dola_relative_top": "relative_top", "dola_divergence": "divergence"}
 
     def __post_init__(self):
         object.__setattr__(
             self, "relative_top", require_number("dola_relative_top", self.relative_top, gt=0, le=1)
         )
+        object.__setattr__(self, "divergence", require_divergence("dola_divergence", self.divergence))
 
 
 def candidate_layers(num_layers: int, which, tied_embeddings: bool) -> list[int]:
     """DoLa's candidate premature layers: 'low', 'high' (the paper's buckets) or a list.
 
-    start = 2 with tied embeddings (layer 0's logits would be the embedding's own), else 0;
-    'low' = range(start, N // 2, 2), 'high' = range(N // 2, N, 2); for N > 40 the buckets are
-    range(start, 20, 2) and range(N - 20, N, 2).
+    As transformers' ``_dola_decoding`` (4.46.3, src/transformers/generation/utils.py lines
+    2580-2617): start = 0 without tied embeddings; with them (layer 0's logits would be the
+    embedding's own) start = 2, or 1 for a 2-layer model, 0 for a 1-layer one.
+    'low' = range(start, N // 2, 2) ([start] when start == N // 2), 'high' = range(N // 2, N, 2);
+    for N > 40 the buckets are range(start, 20, 2) and range(N - 20, N, 2).
     """
     n = num_layers
-    start = 2 if tied_embeddings else 0
+    start = 0 if not tied_embeddings else 2 if n > 2 else 1 if n == 2 else 0
     if which == "low":
+        if start == n // 2:
+            return [start]
         return list(range(start, n // 2, 2)) if n <= 40 else list(range(start, 20, 2))
     if which == "high":
         return list(range(n // 2, n, 2)) if n <= 40 else list(range(n - 20, n, 2))
     return list(which)
 
 
-def apply_(logits: torch.Tensor, early_logits: torch.Tensor, relative_top: torch.Tensor) -> None:
-    """Replace float32 [R, V] logits in place by DoLa's contrast with [L, R, V] early logits."""
-    scores, _ = ops.dola_contrast(logits, early_logits, relative_top)
-    logits.copy_(scores)
+def rows_per_chunk(num_layers: int, vocab: int, early_dtype_bytes: int = 4, budget: int | None = None) -> int:
+    """Rows of a DoLa step to take at once so that its working memory stays under ``budget``:
+    per row, the early logits [L, V] in float32 (plus their lm_head output when that is another
+    dtype), a copy of the row's logits (a mixed batch gathers them) and ops.dola_contrast's
+    temporaries (ops.DOLA_ROW_TEMPS float32 vectors)."""
+    extra = early_dtype_bytes if early_dtype_bytes != 4 else 0
+    per_row = vocab * (num_layers * (4 + extra) + 4 * (1 + ops.DOLA_ROW_TEMPS))
+    return max(1, int(ops.WORKING_MEMORY if budget is None else budget) // max(1, per_row))
+
+
+def apply_(logits: torch.Tensor, early_logits: torch.Tensor, relative_top, divergence="authors") -> None:
+    """Replace float32 [R, V] logits in place by DoLa's contrast with [L, R, V] early logits.
+    ``divergence``: "authors", "jsd", or a [R] tensor of Divergence codes. ops.dola_contrast's
+    own row blocks follow ops.WORKING_MEMORY as it is now."""
+    if isinstance(divergence, Divergence):
+        divergence = str(divergence)
+    ops.dola_contrast(logits, early_logits, relative_top, divergence, inplace=True, budget=ops.WORKING_MEMORY)

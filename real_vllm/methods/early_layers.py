@@ -51,15 +51,16 @@ def _parse_switch(name: str, value: Any) -> bool:
 class EarlyLayerSettings:
     """sled_layers: 'all' (the paper's default: 0..N-1), 'every:K' or a list; dola_layers:
     'low', 'high' or a list. *_early_norm: apply the model's final norm to the early layers
-    before lm_head. Off for SLED, as in its reference code. On for DoLa: without it the early
-    layers' logits are hundreds of nats wide (unnormalised residual streams; 776 nats on
-    SmolLM2), every candidate's JSD from the final layer sits at ln 2 within float32 rounding,
-    and the choice of the premature layer is noise (measured; see tests/test_engine_sled_default.py)."""
+    before lm_head. Off for both, as in their reference code (SLED's; voidism/DoLa and
+    transformers' generate(dola_layers=...) for DoLa). Un-normed early logits are hundreds of
+    nats wide (776 on SmolLM2): the authors' DoLa divergence (the default, unbounded) still
+    ranks the layers, while the paper's JSD (dola_divergence "jsd") sits at ln 2 within float32
+    rounding there, so that option is best paired with --dola-early-norm on."""
 
     sled_layers: Any = "all"
     dola_layers: Any = "high"
     sled_early_norm: Any = False
-    dola_early_norm: Any = True
+    dola_early_norm: Any = False
 
     def __post_init__(self):
         object.__setattr__(self, "sled_layers", _parse_layers("sled_layers", self.sled_layers, ("all",)))
