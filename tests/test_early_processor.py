@@ -8,7 +8,7 @@ import torch
 from vllm import SamplingParams
 from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
 
-from real_vllm import reference
+from real_vllm import ops, reference
 from real_vllm.integration import early_layers
 from real_vllm.integration.early_processor import EarlyLayerLogitsProcessor
 from tests.mrv2 import MRV2
@@ -47,7 +47,8 @@ def expected(x, hidden, weight, params):
         early = hidden[list(SLED_LAYERS)] @ weight[:V].T
         return reference.sled_evolve(x[None], early[:, None], args.get("sled_alpha", 2.0), args.get("sled_k", 10))[0]
     early = norm(hidden[list(DOLA_LAYERS)]) @ weight[:V].T
-    return reference.dola_contrast(x[None], early[:, None], args.get("dola_relative_top", 0.1))[0][0]
+    return reference.dola_contrast(x[None], early[:, None], args.get("dola_relative_top", 0.1),
+                                   args.get("dola_divergence", "authors"))[0][0]
 
 
 def p(**extra):
@@ -64,6 +65,7 @@ def check(proc, batch, gen, ctx=None, order=None):
         want = expected(x[i], hidden[:, i], weight, params)
         torch.testing.assert_close(out[i], want, rtol=1e-4, atol=1e-4)
     assert early_layers.TAP.rows is None, "the tap must be emptied every step"
+    return out
 
 
 def test_v1_mixed_batch_follows_moves():
@@ -105,3 +107,27 @@ def test_without_a_tap_rows_are_left_alone_and_a_stale_tap_is_not_used():
     tap(3, gen)  # rows of another batch shape: not this step's
     assert torch.equal(proc.apply(x.clone()), x)
     assert early_layers.TAP.rows is None
+
+
+def test_rows_and_vocabulary_chunks_change_nothing(monkeypatch):
+    # A working-memory budget of 1 byte: every row is its own chunk and SLED's lm_head GEMM
+    # takes one vocabulary row at a time; the rows are not contiguous (plain rows between).
+    batch = [p(), p(sampler="dola"), p(sampler="none"), p(sampler="dola", dola_divergence="jsd"), p(sled_k=3),
+             p(sampler="dola", dola_relative_top=0.5), p(sampler="none"), p(sled_alpha=0.5)]
+    proc = EarlyLayerLogitsProcessor(config(), torch.device("cpu"), False)
+    proc.update_state(BatchUpdate(len(batch), removed=[], added=[(i, q, [], []) for i, q in enumerate(batch)], moved=[]))
+    calls = []
+    real_sled = ops.sled_evolve_from_hidden
+
+    def counting(final, hidden, weight, *args, chunk, **kw):
+        calls.append((final.shape[0], chunk))
+        return real_sled(final, hidden, weight, *args, chunk=chunk, **kw)
+
+    monkeypatch.setattr(ops, "sled_evolve_from_hidden", counting)
+    unchunked = check(proc, batch, torch.Generator().manual_seed(3))
+    assert calls == [(3, V)]
+    calls.clear()
+    monkeypatch.setattr(ops, "WORKING_MEMORY", 1)
+    chunked = check(proc, batch, torch.Generator().manual_seed(3))
+    assert calls == [(1, 1)] * 3
+    torch.testing.assert_close(chunked, unchunked, rtol=1e-5, atol=1e-5)

@@ -22,7 +22,7 @@ def test_sled_server_wraps_the_model_and_resolves_layers(tiny_model_dir):
     assert hf.real_vllm_sled_layers == [0, 2]
     assert hf.real_vllm_dola_layers == [2]  # 'high' of 4 untied layers: range(2, 4, 2)
     assert hf.real_vllm_tapped_layers == [0, 2]
-    assert (hf.real_vllm_sled_early_norm, hf.real_vllm_dola_early_norm) == (False, True)
+    assert (hf.real_vllm_sled_early_norm, hf.real_vllm_dola_early_norm) == (False, False)
     plain = config(tiny_model_dir).model_config.hf_config
     assert plain.architectures == ["LlamaForCausalLM"]
 

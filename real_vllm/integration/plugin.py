@@ -89,7 +89,7 @@ def _add_sampler_flag(engine_args_cls) -> None:
             metavar="LAYERS",
             help="DoLa's candidate premature layers: high (default), low, or a list.",
         )
-        for method, default in (("sled", "off"), ("dola", "on")):
+        for method, default in (("sled", "off"), ("dola", "off")):
             group.add_argument(
                 f"--{method}-early-norm",
                 choices=("on", "off"),

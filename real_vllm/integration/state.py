@@ -20,7 +20,7 @@ COLUMNS: dict[str, dict[str, float]] = {
 }
 EARLY_COLUMNS: dict[str, dict[str, float]] = {
     "sled": {"sled_alpha": 0.0, "sled_k": 1.0, "sled_lower_bound": -1000.0},
-    "dola": {"dola_relative_top": 1.0},
+    "dola": {"dola_relative_top": 1.0, "dola_divergence": 0.0},  # divergence: a Divergence code
 }
 
 
