@@ -1,11 +1,12 @@
 // top_p_mask_(logits, top_p): set every logit outside its row's nucleus to -inf, in place.
 //
-// The nucleus (vLLM's rule; REAL, arXiv 2406.07735, samples from it with a per-step p,
-// ALGORITHMS.md §2.2) keeps the smallest set of most probable tokens whose mass reaches p.
-// With Z the softmax normaliser and target = p Z, the threshold tau is the largest logit v
-// with mass{l >= v} >= target; every l >= tau is kept (ties at tau too, so the answer does
-// not depend on a sort order), which always includes the top-1.
-//
+// The nucleus (REAL, arXiv 2406.07735, samples from it with a per-step p, ALGORITHMS.md
+// §2.2 step 5) keeps the smallest set of most probable tokens whose mass reaches p. Tokens
+// rank by logit, highest first, and among equal logits by index, lowest first (the order of
+// vLLM's Triton top-p kernels and of argmax). With Z the softmax normaliser and
+// target = p Z, tau is the largest logit v with mass{l >= v} >= target (the crossing token's
+// value); every l > tau is kept and, of the tokens equal to tau, the n lowest indices, n the
+// least count with mass{l > tau} + n e^(tau - m) >= target. The top-1 always is kept.
 // Sort-free: instead of sorting the vocabulary, per row
 //   1. one read for the max m and the smallest finite logit;
 //   2. one read computing exp(l - m) into a histogram of mass over linear buckets of
@@ -13,7 +14,8 @@
 //   3. a walk down the histogram from the max finds the bucket where the cumulative mass
 //      crosses the target; one read gathers that bucket's logits (about a hundred on a
 //      151k-token row), and only those are sorted to place tau exactly;
-//   4. one read+write masks l < tau.
+//   4. one read+write masks l < tau (and, where tied tokens at tau are dropped, counts them
+//      in index order: a scalar pass, only on such rows).
 // The buckets only decide how much gets sorted: tau is exact whatever the bucket widths.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -47,9 +49,8 @@ struct Scratch {
 REAL_VLLM_ROW_KERNEL void top_p_row(float* row, int64_t n, float p, Scratch& sc) {
   if (p >= 1.0f) return;  // the nucleus is the whole row
   const RowRange rr = row_range(row, n);
-  // Softmax undefined (NaN / +inf), nothing to sample (all -inf), or all finite logits
-  // equal (every one is tied with the top-1): the row stays as it is.
-  if (!rr.finite || rr.max == -kInf || rr.max == rr.min_finite) return;
+  // Softmax undefined (NaN / +inf) or nothing to sample (all -inf): the row stays as it is.
+  if (!rr.finite || rr.max == -kInf) return;
 
   const float m = rr.max;
   const float span = std::clamp(m - rr.min_finite, kMinSpan, kMaxSpan);
@@ -101,20 +102,38 @@ REAL_VLLM_ROW_KERNEL void top_p_row(float* row, int64_t n, float p, Scratch& sc)
     }
   }
   std::sort(v.begin(), v.end(), std::greater<float>());
-  // If rounding keeps the walk short of the target, the whole bucket is kept.
+  // Walk the bucket most probable first. The entries equal to tau are contiguous in v and
+  // all of them are in v (equal logits share a bucket); the walk's own double sum decides
+  // how many of them the target needs. If rounding keeps the walk short of the target, the
+  // whole bucket is kept.
   float tau = v.empty() ? -kInf : v.back();
-  for (const float l : v) {
-    cum += exp_nonpos(l - m);
+  size_t cross_at = v.empty() ? 0 : v.size() - 1;
+  for (size_t j = 0; j < v.size(); ++j) {
+    cum += exp_nonpos(v[j] - m);
     if (cum >= target) {
-      tau = l;
+      tau = v[j];
+      cross_at = j;
       break;
     }
   }
-  if (tau <= rr.min_finite) return;  // every finite logit is in the nucleus
+  const auto ties = std::equal_range(v.begin(), v.end(), tau, std::greater<float>());
+  const int64_t n_tied = ties.second - ties.first;
+  // Walk short of the target: keep every tie.
+  const int64_t n_keep = cum >= target ? int64_t(cross_at) - (ties.first - v.begin()) + 1 : n_tied;
 
-  // Pass 4: mask.
+  if (n_keep >= n_tied) {
+    if (tau <= rr.min_finite) return;  // every finite logit is in the nucleus
+    // Pass 4: mask.
 #pragma omp simd
-  for (int64_t i = 0; i < n; ++i) row[i] = row[i] >= tau ? row[i] : -kInf;
+    for (int64_t i = 0; i < n; ++i) row[i] = row[i] >= tau ? row[i] : -kInf;
+    return;
+  }
+  // Pass 4 with a tie to break: the first n_keep entries equal to tau, in index order, stay.
+  int64_t seen = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const float l = row[i];
+    if (l < tau || (l == tau && ++seen > n_keep)) row[i] = -kInf;
+  }
 }
 
 void top_p_mask_(at::Tensor& logits, const at::Tensor& top_p) {

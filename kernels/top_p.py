@@ -1,10 +1,13 @@
 """Top-p (nucleus) mask in place, sort-free: -inf outside each row's nucleus.
 
-REAL sampling (arXiv 2406.07735) ends in this nucleus, with vLLM's top-p rule: keep the
-smallest set of most probable tokens whose mass reaches p, i.e. every l >= tau where tau is
-the largest logit v with F(v) = sum_{l >= v} e^(l - m) >= p Z (the crossing token and all its
-ties are kept; the top-1 token always is). p >= 1, rows with a NaN or +inf and all -inf rows
-are left unchanged.
+REAL sampling (arXiv 2406.07735) ends in this nucleus (ALGORITHMS.md §2.2 step 5): the
+smallest set of most probable tokens whose mass reaches p. Tokens rank by logit, highest
+first, and among equal logits by index, lowest first (the order vLLM's Triton top-p kernels
+keep, and argmax's). With m the max, Z the normaliser and tau the largest logit v with
+F(v) = sum_{l >= v} e^(l - m) >= p Z (the crossing token's value), the nucleus is every
+l > tau and, of the entries equal to tau, the n lowest indices, n the least count with
+F(> tau) + n e^(tau - m) >= p Z; the top-1 token always is kept. p >= 1, rows with a NaN or
++inf and all -inf rows are left unchanged.
 
 One program per row:
   1. a stats pass (row_stats: max m, normaliser Z, least finite entry);
@@ -13,7 +16,10 @@ One program per row:
      spread over [lo, cmax] with a [BLOCK, K] compare, plus the least entry >= each pivot
      and the largest below it, then keeps the sub-interval holding the crossing. It stops
      when the entries inside are all one value: that value is tau;
-  3. a masking pass (one read, writes only the masked entries).
+     The search's own float32 sums give F(> tau) (= F(hi)), hence n;
+  3. a masking pass (one read, writes only the masked entries): entries < tau, and entries
+     equal to tau past the first n of them in index order (a running count; blocks without
+     such an entry skip the count).
 """
 
 import torch
@@ -74,7 +80,7 @@ def _top_p_kernel(x_ptr, p_ptr, V, STATS_BLOCK: tl.constexpr, BLOCK: tl.constexp
         # it leaves only a small share of the row inside the first interval.
         bound = m + tl.log(0.5 * (1.0 - p) * z / V)
         lo = tl.where(p < 0.9999, tl.maximum(row_min, bound), row_min)
-        # p <= 0 (or NaN) keeps the top-1 token and its ties: tau = m, no search.
+        # p <= 0 (or NaN) keeps the top-1 token: tau = m, no search, n = 1.
         lo = tl.where(p > 0, lo, m)
         cmax = m
         hi = tl.full([], float("inf"), tl.float32)
@@ -114,13 +120,26 @@ def _top_p_kernel(x_ptr, p_ptr, V, STATS_BLOCK: tl.constexpr, BLOCK: tl.constexp
             hi = tl.where(last, hi, tl.min(tl.where(k == kstar + 1, q, float("inf")), 0))
             f_hi += tl.sum(tl.where(k == kstar + 1, mass, 0.0), 0)
             passes += 1
-        # tau = lo = cmax. (Were MAX_PASSES ever reached, keeping [lo, hi) keeps a superset.)
+        # tau = lo = cmax, and [tau, hi) holds no other value, so F(> tau) = F(hi) = f_hi.
+        # (Were MAX_PASSES ever reached, keeping [lo, hi) keeps a superset.)
         tau = lo
+        # Of the entries equal to tau, the least count n with f_hi + n e^(tau - m) >= target,
+        # in the search's float32: n >= 1 always (NaN too), and n >= V keeps them all.
+        n_f = tl.ceil((target - f_hi) / tl.exp(tau - m))
+        n_f = tl.minimum(tl.where(n_f >= 1.0, n_f, 1.0), V * 1.0)
+        n_keep = tl.where(lo < cmax, V, n_f.to(tl.int32))
+        seen = tl.zeros([], tl.int32)  # entries equal to tau in the blocks before this one
         if active:
             for start in range(0, V, BLOCK):
                 idx = start + offs
                 x = tl.load(row_ptr + idx, mask=idx < V, other=float("inf"), eviction_policy="evict_first")
                 drop = x < tau
+                tie = (x == tau).to(tl.int32)
+                n_tie = tl.sum(tie, 0)
+                if n_tie > 0:
+                    rank = seen + tl.cumsum(tie, 0)  # 1-based, in index order
+                    drop = drop | ((tie > 0) & (rank > n_keep))
+                seen += n_tie
                 tl.store(row_ptr + idx, tl.full([BLOCK], float("-inf"), tl.float32), mask=drop)
 
 

@@ -78,24 +78,30 @@ def apply_edt(logits, t0, n=0.8, theta=1.0, min_scale=1e-5):
 def top_p_mask(logits: torch.Tensor, top_p) -> torch.Tensor:
     """Nucleus: keep the smallest set of most probable tokens whose mass reaches p.
 
-    The token whose mass crosses p is kept, the top-1 token always is, and tokens tied
-    with the least probable kept token are kept too (so the result does not depend on a
-    sort order). Everything else becomes -inf. p >= 1 keeps the row as it is; so does a
-    non-finite row (see the module docstring). This is vLLM's top-p rule.
+    Tokens are ranked by logit, highest first, and among equal logits by index, lowest
+    first (the order of a stable descending sort; the one vLLM's Triton top-p kernels keep,
+    and argmax's). A token is kept iff the mass of the tokens ranked before it is < p, so
+    the crossing token is kept and, of the tokens tied with it, only as many as the mass
+    needs, the lowest indices; the top-1 token (the lowest index among the row's maxima)
+    always is. p <= 0 (or NaN) keeps that one token. Everything else becomes -inf. p >= 1
+    keeps the row as it is; so does a non-finite row (see the module docstring).
+
+    This is the exact answer the fast backends are tested against: probabilities and their
+    prefix sums in float64, one sort.
     """
     x = logits.float()
     batch = x.shape[0]
-    p = _per_row(top_p, batch)
-    probs = torch.softmax(x, dim=-1)
-    sorted_probs, order = probs.sort(dim=-1, descending=True)
-    mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
-    keep_sorted = mass_before < p.unsqueeze(1)
+    p = _per_row(top_p, x).double()
+    x64 = x.double()
+    # stable=True: equal logits keep their index order, lowest index first.
+    sorted_x, order = torch.sort(x64, dim=-1, descending=True, stable=True)
+    probs = torch.softmax(sorted_x, dim=-1)
+    # Mass strictly before each ranked token: an exclusive prefix sum.
+    mass_before = torch.cat([probs.new_zeros(batch, 1), probs.cumsum(dim=-1)[:, :-1]], dim=-1)
+    keep_sorted = (mass_before < p.unsqueeze(1)) & (sorted_x > float("-inf"))
     keep_sorted[:, 0] = True
-    # The least probable kept logit is the row's threshold.
-    sorted_logits = x.gather(1, order)
-    last_kept = keep_sorted.sum(dim=-1, keepdim=True) - 1
-    threshold = sorted_logits.gather(1, last_kept)
-    out = torch.where(x >= threshold, x, torch.full_like(x, float("-inf")))
+    keep = torch.zeros_like(keep_sorted).scatter(1, order, keep_sorted)
+    out = torch.where(keep, x, torch.full_like(x, float("-inf")))
     unchanged = (p >= 1) | _bad_rows(x) | (x == float("-inf")).all(dim=-1)
     return torch.where(unchanged.unsqueeze(1), x, out)
 
@@ -151,61 +157,31 @@ def sled_evolve(final_logits, early_logits, alpha=2.0, k=10, lower_bound=-1000.0
     return out
 
 
-DOLA_DIVERGENCES = ("authors", "jsd")  # code 0, 1 (the per-row tensor form of the choice)
-
-
-def _dola_jsd_rows(divergence, batch: int, device) -> torch.Tensor:
-    """The divergence choice as a [B] bool tensor (True = the paper's JSD) on ``device``."""
-    if isinstance(divergence, str):
-        if divergence not in DOLA_DIVERGENCES:
-            raise ValueError(f"divergence must be one of {DOLA_DIVERGENCES}, got {divergence!r}")
-        return torch.full((batch,), divergence == "jsd", dtype=torch.bool, device=device)
-    return torch.as_tensor(divergence, device=device).flatten().expand(batch) != 0
-
-
-def dola_contrast(final_logits, early_logits, relative_top=0.1, divergence="authors"):
+def dola_contrast(final_logits, early_logits, relative_top=0.1):
     """DoLa (Chuang et al., arXiv 2309.03883): contrast the final layer with the premature
-    layer M that diverges most from it, on the plausible tokens.
+    layer M that diverges most from it (Jensen-Shannon), on the plausible tokens.
 
-        M = argmax_j D(q_N, q_j)
+        M = argmax_j JSD(q_N || q_j)
         score(x) = log q_N(x) - log q_M(x)  if q_N(x) >= relative_top * max q_N,  else -inf
 
-    D, per row (``divergence``: "authors", "jsd", or a [B] tensor, nonzero = jsd), with the
-    mixture m = (q_N + q_j) / 2 and V the vocabulary size:
-      * "authors" (the default), what the published numbers come from: the authors' code
-        (voidism/DoLa) and transformers' ``_dola_select_contrast`` (transformers 4.46.3,
-        src/transformers/generation/utils.py lines 4696-4740;
-        its ``_relative_top_filter``, lines 4671-4693, is the plausibility cut below) take
-        ``F.kl_div(log q, m, reduction="none").mean(-1)`` for q = q_N and q = q_j and halve
-        their sum: 1/2 [KL(m || q_N) + KL(m || q_j)] / V. Unbounded.
-      * "jsd", the paper's formula: 1/2 [KL(q_N || m) + KL(q_j || m)], bounded by ln 2.
-
     Returns (scores [B, V], M [B] as an index into early_logits' first dimension). The first
-    layer wins a tie (as torch.argmax does there). Rows with a NaN or +inf (or all -inf) are
-    returned unchanged; masked tokens (-inf final logits) are left out of both divergences.
-    Every tensor made here lives on the final logits' device.
+    layer wins a tie. Rows with a NaN or +inf (or all -inf) are returned unchanged.
     """
     x = final_logits.float()
-    device = x.device
-    early = early_logits.float().to(device)
-    batch, vocab = x.shape
-    relative_top = torch.as_tensor(relative_top, dtype=torch.float32, device=device).flatten().expand(batch)
-    use_jsd = _dola_jsd_rows(divergence, batch, device)
-    log_q = torch.log_softmax(x, dim=-1)[None]  # [1, B, V]
+    early = early_logits.float()
+    batch = x.shape[0]
+    relative_top = _per_row(relative_top, batch)
+    log_q = torch.log_softmax(x, dim=-1)  # [B, V]
     log_e = torch.log_softmax(early, dim=-1)  # [L, B, V]
     q, e = log_q.exp(), log_e.exp()
-    m = 0.5 * (q + e)
-    log_m = torch.log(m)
-    counted = x > float("-inf")  # [B, V]: a masked token carries no information
+    log_m = torch.log(0.5 * (q[None] + e))
 
-    def kl(p, log_p, log_r):  # sum_v p (log p - log r) over the counted tokens, 0 log 0 = 0
-        return torch.where(counted & (p > 0), p * (log_p - log_r), torch.zeros_like(log_m)).sum(-1)
+    def kl(p, log_p):  # sum p (log p - log m), 0 log 0 = 0
+        return torch.where(p > 0, p * (log_p - log_m), torch.zeros_like(log_m)).sum(-1)
 
-    authors = 0.5 * (kl(m, log_m, log_q) / vocab + kl(m, log_m, log_e) / vocab)  # [L, B]
-    jsd = 0.5 * (kl(q, log_q, log_m) + kl(e, log_e, log_m))
-    premature = torch.where(use_jsd[None], jsd, authors).argmax(dim=0)
-    log_q_m = log_e[premature, torch.arange(batch, device=device)]
-    log_q = log_q[0]
+    jsd = 0.5 * kl(q[None], log_q[None]) + 0.5 * kl(e, log_e)  # [L, B]
+    premature = jsd.argmax(dim=0)
+    log_q_m = log_e[premature, torch.arange(batch)]
     keep = log_q >= log_q.max(dim=-1, keepdim=True).values + torch.log(relative_top)[:, None]
     scores = torch.where(keep, log_q - log_q_m, torch.full_like(x, float("-inf")))
     unchanged = _bad_rows(x) | (x == float("-inf")).all(dim=-1)

@@ -38,18 +38,22 @@ def edt_temperature64(logits, t0, n, theta, min_scale=1e-5) -> torch.Tensor:
 
 
 def nucleus_mass_before64(logits: torch.Tensor) -> torch.Tensor:
-    """For every token: the probability mass of tokens strictly more probable (float64)."""
+    """For every token: the probability mass of the tokens ranked before it (float64), ranked
+    by logit, highest first, and among equal logits by index, lowest first (the nucleus' tie
+    order). The nucleus keeps a token iff this is < p (and the first-ranked token always)."""
     x = logits.double()
     p = torch.softmax(x, dim=-1)
     out = torch.empty_like(p)
     for i in range(x.shape[0]):
         order = torch.argsort(x[i], descending=True, stable=True)
         sp = p[i, order]
-        cum = sp.cumsum(0) - sp
-        # Tied tokens all see the mass of the strictly larger ones.
-        vals = x[i, order]
-        first_of_tie = torch.ones_like(vals, dtype=torch.bool)
-        first_of_tie[1:] = vals[1:] != vals[:-1]
-        idx = torch.cummax(torch.where(first_of_tie, torch.arange(len(vals)), 0), 0).values
-        out[i, order] = cum[idx]
+        cum = torch.cat([sp.new_zeros(1), sp.cumsum(0)[:-1]])
+        out[i, order] = cum
     return out
+
+
+def nucleus_first64(logits: torch.Tensor) -> torch.Tensor:
+    """[B, V] bool: the first-ranked token of each row (the lowest index among its maxima)."""
+    first = torch.zeros_like(logits, dtype=torch.bool)
+    first[torch.arange(logits.shape[0]), logits.argmax(dim=-1)] = True
+    return first

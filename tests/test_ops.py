@@ -59,15 +59,16 @@ def gen():
     return g
 
 
-def assert_same_nucleus(kept: torch.Tensor, logits: torch.Tensor, top_p: torch.Tensor):
-    """kept must equal the oracle's nucleus, except for tokens whose mass-before sits within
-    float32 rounding of p (there, either answer is a correct float32 nucleus)."""
+def assert_same_nucleus(kept: torch.Tensor, logits: torch.Tensor, top_p: torch.Tensor, margin: float = 1e-5):
+    """kept must equal the oracle's nucleus (the smallest set, ties broken lowest index
+    first), except for tokens whose mass-before sits within float32 rounding of p (there,
+    either answer is a correct float32 nucleus)."""
     mass_before = oracle.nucleus_mass_before64(logits)
     want = mass_before < top_p.double().unsqueeze(1)
-    want |= logits == logits.max(dim=1, keepdim=True).values  # top-1 always kept
+    want |= oracle.nucleus_first64(logits)  # top-1 always kept
     want &= logits > -math.inf
     want |= (top_p >= 1).unsqueeze(1) & (logits > -math.inf)
-    ambiguous = (mass_before - top_p.double().unsqueeze(1)).abs() < 1e-5
+    ambiguous = (mass_before - top_p.double().unsqueeze(1)).abs() < margin
     wrong = (kept != want) & ~ambiguous
     assert not wrong.any(), f"nucleus differs at {wrong.nonzero()[:5].tolist()}"
 
@@ -191,3 +192,89 @@ def test_bad_arguments_raise_clear_errors():
         ops.apply_temperature(x, "hot")
     with pytest.raises(ValueError, match="batch, vocab"):
         ops.entropy(torch.randn(10))
+
+
+# --------------------------------------------------------------------------- nucleus ties
+#
+# The nucleus is the smallest set (ALGORITHMS.md §2.2 step 5): of the tokens tied with the
+# crossing token only as many as the mass needs are kept, the lowest indices first. bf16
+# logits tie often; small integers tie everywhere.
+
+TIED_SHAPES = [(6, 1000), (5, 4097), (3, 32000), (2, 151936)]
+
+
+def tied_logits(kind: str, batch: int, vocab: int, gen: torch.Generator) -> torch.Tensor:
+    if kind == "bf16":  # Gaussian logits rounded to bf16 (8 bits of mantissa)
+        scale = torch.empty(batch, 1).uniform_(1.0, 6.0, generator=gen)
+        x = (torch.randn(batch, vocab, generator=gen) * scale).bfloat16().float()
+    else:  # integers in [-6, 2]: exact ties at every value
+        x = torch.randint(-6, 3, (batch, vocab), generator=gen).float()
+        x[0] = 1.0  # one value only: the whole row is tied with the top-1
+    x[1, torch.rand(vocab, generator=gen) < 0.3] = -math.inf
+    return x
+
+
+def tie_rows(kept: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Rows where some token tied with the least kept logit was dropped."""
+    tau = torch.where(kept, x, torch.full_like(x, math.inf)).min(dim=1, keepdim=True).values
+    return ((x == tau) & ~kept).any(dim=1)
+
+
+@pytest.mark.parametrize("kind", ["bf16", "int"])
+@pytest.mark.parametrize("shape", TIED_SHAPES)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_top_p_mask_breaks_ties_lowest_index_first(backend, shape, kind, gen):
+    x = tied_logits(kind, *shape, gen)
+    top_p = torch.empty(shape[0]).uniform_(0.05, 0.95, generator=gen)
+    top_p[-1] = 0.0  # the top-1 alone: the lowest index among the maxima
+    got = ops.top_p_mask(x, top_p, backend=backend)
+    kept = got > -math.inf
+    assert torch.equal(got[kept], x[kept]), "kept logits must be unchanged"
+    assert_same_nucleus(kept, x, top_p)
+    assert kept[-1].sum() == 1 and kept[-1, x[-1].argmax()]
+    want = reference.top_p_mask(x, top_p) > -math.inf
+    mass_before = oracle.nucleus_mass_before64(x)
+    ambiguous = (mass_before - top_p.double().unsqueeze(1)).abs() < 1e-5
+    assert not ((kept != want) & ~ambiguous).any(), "differs from the reference"
+    if kind == "int":
+        assert tie_rows(want, x).sum() >= shape[0] - 2, "the data must exercise tie-breaking"
+
+
+def _vllm_top_p(x: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    from vllm.v1.sample.ops.topk_topp_sampler import apply_top_k_top_p
+
+    return apply_top_k_top_p(x.clone(), None, top_p.clone()) > -math.inf
+
+
+@pytest.mark.parametrize("kind", ["bf16", "int"])
+@pytest.mark.parametrize("shape", [(8, 1000), (4, 32000), (2, 151936)])
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_top_p_mask_equals_vllm_top_p_row_for_row(backend, shape, kind, gen, monkeypatch):
+    """vLLM's own sort-based top-p (apply_top_k_top_p, a torch path on CPU): the same set on
+    every row, up to which of the tied tokens survive, since torch's default sort is not
+    stable; with a stable sort on index-reversed rows (so its survivors among ties are the
+    lowest indices, as in vLLM's Triton kernels) the same set index for index. Tokens whose
+    float64 mass-before is within vLLM's float32 cumsum rounding of p are not compared."""
+    x = tied_logits(kind, *shape, gen)
+    top_p = torch.empty(shape[0]).uniform_(0.05, 0.95, generator=gen)
+    mass_before = oracle.nucleus_mass_before64(x)
+    ambiguous = (mass_before - top_p.double().unsqueeze(1)).abs() < 1e-4
+    ours = ops.top_p_mask(x, top_p, backend=backend) > -math.inf
+    want = reference.top_p_mask(x, top_p) > -math.inf
+    tau = torch.where(want, x, torch.full_like(x, math.inf)).min(dim=1, keepdim=True).values
+    tied = x == tau
+    theirs = _vllm_top_p(x, top_p)
+    assert not ((ours != theirs) & ~ambiguous & ~tied).any(), "differs from vLLM off the tie"
+    for r in range(shape[0]):
+        if not (ambiguous[r] & tied[r]).any():
+            assert (ours[r] & tied[r]).sum() == (theirs[r] & tied[r]).sum(), f"row {r}: tied count"
+    # Index for index: vLLM's code with its sort made stable, on rows in reverse index order.
+    real_sort = torch.Tensor.sort
+    monkeypatch.setattr(
+        torch.Tensor, "sort",
+        lambda t, dim=-1, descending=False: real_sort(t, dim=dim, descending=descending, stable=True),
+    )
+    theirs = _vllm_top_p(x.flip(-1), top_p).flip(-1)
+    assert not ((ours != theirs) & ~ambiguous).any(), "differs from vLLM's index order"
+    if kind == "int":
+        assert tie_rows(ours, x).sum() >= shape[0] - 2, "the data must exercise tie-breaking"
