@@ -157,31 +157,61 @@ def sled_evolve(final_logits, early_logits, alpha=2.0, k=10, lower_bound=-1000.0
     return out
 
 
-def dola_contrast(final_logits, early_logits, relative_top=0.1):
-    """DoLa (Chuang et al., arXiv 2309.03883): contrast the final layer with the premature
-    layer M that diverges most from it (Jensen-Shannon), on the plausible tokens.
+DOLA_DIVERGENCES = ("authors", "jsd")  # code 0, 1 (the per-row tensor form of the choice)
 
-        M = argmax_j JSD(q_N || q_j)
+
+def _dola_jsd_rows(divergence, batch: int, device) -> torch.Tensor:
+    """The divergence choice as a [B] bool tensor (True = the paper's JSD) on ``device``."""
+    if isinstance(divergence, str):
+        if divergence not in DOLA_DIVERGENCES:
+            raise ValueError(f"divergence must be one of {DOLA_DIVERGENCES}, got {divergence!r}")
+        return torch.full((batch,), divergence == "jsd", dtype=torch.bool, device=device)
+    return torch.as_tensor(divergence, device=device).flatten().expand(batch) != 0
+
+
+def dola_contrast(final_logits, early_logits, relative_top=0.1, divergence="authors"):
+    """DoLa (Chuang et al., arXiv 2309.03883): contrast the final layer with the premature
+    layer M that diverges most from it, on the plausible tokens.
+
+        M = argmax_j D(q_N, q_j)
         score(x) = log q_N(x) - log q_M(x)  if q_N(x) >= relative_top * max q_N,  else -inf
 
+    D, per row (``divergence``: "authors", "jsd", or a [B] tensor, nonzero = jsd), with the
+    mixture m = (q_N + q_j) / 2 and V the vocabulary size:
+      * "authors" (the default), what the published numbers come from: the authors' code
+        (voidism/DoLa) and transformers' ``_dola_select_contrast`` (transformers 4.46.3,
+        src/transformers/generation/utils.py lines 4696-4740;
+        its ``_relative_top_filter``, lines 4671-4693, is the plausibility cut below) take
+        ``F.kl_div(log q, m, reduction="none").mean(-1)`` for q = q_N and q = q_j and halve
+        their sum: 1/2 [KL(m || q_N) + KL(m || q_j)] / V. Unbounded.
+      * "jsd", the paper's formula: 1/2 [KL(q_N || m) + KL(q_j || m)], bounded by ln 2.
+
     Returns (scores [B, V], M [B] as an index into early_logits' first dimension). The first
-    layer wins a tie. Rows with a NaN or +inf (or all -inf) are returned unchanged.
+    layer wins a tie (as torch.argmax does there). Rows with a NaN or +inf (or all -inf) are
+    returned unchanged; masked tokens (-inf final logits) are left out of both divergences.
+    Every tensor made here lives on the final logits' device.
     """
     x = final_logits.float()
-    early = early_logits.float()
-    batch = x.shape[0]
-    relative_top = _per_row(relative_top, batch)
-    log_q = torch.log_softmax(x, dim=-1)  # [B, V]
+    device = x.device
+    early = early_logits.float().to(device)
+    batch, vocab = x.shape
+    relative_top = torch.as_tensor(relative_top, dtype=torch.float32, device=device).flatten().expand(batch)
+    use_jsd = _dola_jsd_rows(divergence, batch, device)
+    log_q = torch.log_softmax(x, dim=-1)[None]  # [1, B, V]
     log_e = torch.log_softmax(early, dim=-1)  # [L, B, V]
     q, e = log_q.exp(), log_e.exp()
-    log_m = torch.log(0.5 * (q[None] + e))
+    m = 0.5 * (q + e)
+    log_m = torch.log(m)
+    counted = x > float("-inf")  # [B, V]: a masked token carries no information
 
-    def kl(p, log_p):  # sum p (log p - log m), 0 log 0 = 0
-        return torch.where(p > 0, p * (log_p - log_m), torch.zeros_like(log_m)).sum(-1)
+    def kl(p, log_p, log_r):  # sum_v p (log p - log r) over the counted tokens, 0 log 0 = 0
+        return torch.where(counted & (p > 0), p * (log_p - log_r), torch.zeros_like(log_m)).sum(-1)
 
-    jsd = 0.5 * kl(q[None], log_q[None]) + 0.5 * kl(e, log_e)  # [L, B]
-    premature = jsd.argmax(dim=0)
-    log_q_m = log_e[premature, torch.arange(batch)]
+    authors = 0.5 * (kl(m, log_m, log_q) / vocab + kl(m, log_m, log_e) / vocab)  # [L, B]
+    jsd = 0.5 * (kl(q, log_q, log_m) + kl(e, log_e, log_m))
+    premature = torch.where(use_jsd[None], jsd, authors).argmax(dim=0)
+    log_q_m = log_e[premature, torch.arange(batch, device=device)]
+    log_q = log_q[0]
     keep = log_q >= log_q.max(dim=-1, keepdim=True).values + torch.log(relative_top)[:, None]
     scores = torch.where(keep, log_q - log_q_m, torch.full_like(x, float("-inf")))
     unchanged = _bad_rows(x) | (x == float("-inf")).all(dim=-1)
