@@ -30,8 +30,9 @@ def corpus_text() -> str:
 
 
 def full_window(served, thf, ids):
-    """The last WINDOW THF tokens of the whole text, up to its last complete character."""
-    text = served.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False).rstrip("\ufffd")
+    """The last WINDOW THF tokens of the whole plain text (the served special tokens dropped),
+    up to its last complete character."""
+    text = served.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False).rstrip("\ufffd")
     return thf(text, add_special_tokens=False)["input_ids"][-WINDOW:]
 
 
@@ -73,3 +74,79 @@ def test_memory_stays_bounded_on_a_long_sequence(tokenizers):
         retok.windows([history], [ids[retok.start(history, length):length]])
         assert len(history.text) <= 4 * retok.tail_chars and len(history.context) <= 4 and len(history.pending) <= 8
     assert history.cut and history.fed == length
+
+
+def chat_text(served) -> str:
+    """Two turns through the served tokenizer's chat template, markers included."""
+    docs = corpus_text().split("\n\n")
+    messages = [
+        {"role": "user", "content": docs[0]},
+        {"role": "assistant", "content": docs[1]},
+        {"role": "user", "content": docs[2]},
+        {"role": "assistant", "content": "\n\n".join(docs[3:])},
+    ]
+    return served.apply_chat_template(messages, tokenize=False)
+
+
+@pytest.mark.parametrize("direction", ["tiny->smollm2", "smollm2->tiny"])
+@pytest.mark.parametrize("prompt_len", [1, 300])
+def test_chat_markers_do_not_reach_the_thf(tokenizers, direction, prompt_len):
+    """The served ids hold a chat template's special tokens; the THF reads the plain text:
+    every window equals the last WINDOW THF tokens of the text with the markers removed."""
+    served, thf = tokenizers if direction == "tiny->smollm2" else tokenizers[::-1]
+    text = chat_text(served)
+    markers = [t for t in served.all_special_tokens if t in text]
+    assert "<|im_start|>" in markers and "<|im_end|>" in markers
+    ids = served(text, add_special_tokens=False)["input_ids"]
+    special = {served.convert_tokens_to_ids(t) for t in markers}
+    assert sum(i in special for i in ids) >= 8, "the served ids must hold the markers as special ids"
+    plain = text
+    for t in markers:
+        plain = plain.replace(t, "")
+    retok, history = Retokenizer(served, thf, WINDOW), TextHistory()
+    thf_special = set(thf.all_special_ids)
+    length, mismatches = prompt_len, []
+    while length <= len(ids):
+        got = retok.windows([history], [ids[retok.start(history, length):length]])[0]
+        if got != full_window(served, thf, ids[:length]):
+            mismatches.append(length)
+        assert not thf_special & set(got), f"a THF special token in the window at length {length}"
+        length += 1
+    assert not mismatches, f"windows differ from the plain text's at lengths {mismatches[:10]}"
+    # The last window, against the plain text made without the served decoder.
+    assert got == thf(plain, add_special_tokens=False)["input_ids"][-WINDOW:]
+    assert history.fed == len(ids)
+
+
+def sentencepiece_tokenizer():
+    """A small BPE with a Metaspace (SentencePiece-style) decoder, which strips the leading
+    space of the first token it decodes, and chat markers as special tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first")
+    tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="first")
+    specials = ["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
+    tok.train_from_iterator([corpus_text()] * 4, trainers.BpeTrainer(vocab_size=400, special_tokens=specials))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                                   additional_special_tokens=specials[3:])
+
+
+def test_a_run_of_markers_does_not_glue_words_on_a_sentencepiece_decoder(tokenizers):
+    """More markers in a row than the decoded context holds: the word after them keeps its
+    space (the context is made of text tokens only)."""
+    served, thf = sentencepiece_tokenizer(), tokenizers[1]
+    words = corpus_text().split()[:120]
+    markers = [served.convert_tokens_to_ids(t) for t in ("<|im_end|>", "</s>", "<s>", "<|im_start|>", "<|im_end|>")]
+    ids = []
+    for i in range(0, len(words), 6):
+        ids += served(" ".join(words[i:i + 6]), add_special_tokens=False)["input_ids"] + markers
+    retok, history = Retokenizer(served, thf, WINDOW), TextHistory()
+    mismatches = []
+    for length in range(1, len(ids) + 1):
+        got = retok.windows([history], [ids[retok.start(history, length):length]])[0]
+        if got != full_window(served, thf, ids[:length]):
+            mismatches.append(length)
+    assert not mismatches, f"windows differ from the plain text's at lengths {mismatches[:10]}"
+    assert got == thf(served.decode(ids, skip_special_tokens=True), add_special_tokens=False)["input_ids"][-WINDOW:]

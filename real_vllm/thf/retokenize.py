@@ -16,6 +16,23 @@ way. Each request keeps a ``TextHistory``, so a step costs the same at token 10 
   (tests/test_retokenize.py checks it on real text, multi-byte characters included).
 
 All rows of a step go through one batched decode and one batched encode (the Rust tokenizers).
+
+What the THF reads: the sequence's plain text. The served tokenizer's special tokens (chat-
+template markers such as ``<|im_start|>``, ``<|eot_id|>``, BOS/EOS) are dropped before decoding
+(the authors' code decodes with ``skip_special_tokens=True`` too), and the text is encoded with
+``add_special_tokens=False``. The THF is trained on plain text (Wikipedia, real_vllm/thf/data.py:
+documents tokenised with ``add_special_tokens=False``, joined by EOS, cut into blocks with no
+BOS): it has never seen a chat marker, neither as the marker's characters spelled out in its
+own vocabulary (what decoding with ``skip_special_tokens=False`` gave) nor as its own special
+token (what the THF tokenizer makes of the marker's text when it shares the marker, as SmolLM2's
+does with ``<|im_start|>``), and no window of its training data starts with a BOS, so the
+forecast is only in distribution on the text itself. (For the Pythia and SmolLM2 tokenizers
+``add_special_tokens=True``, the original's encode, adds nothing either.) The special ids are
+filtered out of the served ids rather than skipped by the decoder so that the few already
+decoded tokens kept as context are text tokens: a SentencePiece decoder strips the leading
+space of the first decoded token, which would otherwise glue a word to the text before a run of
+markers. Special tokens still count as sequence positions (``fed``), and a prompt's tail of
+``TAIL_CHARS_PER_TOKEN * window`` served tokens holds that many less text tokens.
 """
 
 from __future__ import annotations
@@ -26,6 +43,16 @@ CONTEXT_TOKENS = 4  # decoded again with the new tokens, then subtracted
 TAIL_CHARS_PER_TOKEN = 16  # characters of text kept per THF window token
 MAX_PENDING = 8  # served tokens held back for an incomplete character before giving up
 REPLACEMENT = "\ufffd"
+
+
+def special_token_ids(tokenizer) -> frozenset[int]:
+    """The ids a decoder with ``skip_special_tokens=True`` drops: the special tokens map's
+    (``all_special_ids``) and every added token marked special (chat-template markers that a
+    tokenizer.json declares without listing them in the map)."""
+    ids = set(getattr(tokenizer, "all_special_ids", ()) or ())
+    added = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    ids.update(i for i, tok in added.items() if getattr(tok, "special", False))
+    return frozenset(int(i) for i in ids)
 
 
 class TextHistory:
@@ -50,6 +77,7 @@ class Retokenizer:
         self.thf = thf_tokenizer
         self.window = window
         self.tail_chars = TAIL_CHARS_PER_TOKEN * window
+        self.special_ids = special_token_ids(served_tokenizer)
 
     def start(self, history: TextHistory, length: int) -> int:
         """Where the served tokens to feed next begin, for a sequence of ``length`` tokens: a new
@@ -64,11 +92,11 @@ class Retokenizer:
         todo = []
         for h, ids in zip(histories, new_ids):
             h.fed += len(ids)
-            h.pending.extend(ids)
+            h.pending.extend(t for t in ids if t not in self.special_ids)
             if h.pending:
                 todo.append(h)
         if todo:
-            decode = dict(skip_special_tokens=False, clean_up_tokenization_spaces=False)
+            decode = dict(skip_special_tokens=True, clean_up_tokenization_spaces=False)
             with_new = self.served.batch_decode([h.context + h.pending for h in todo], **decode)
             before = self.served.batch_decode([h.context for h in todo], **decode)
             for h, full, old in zip(todo, with_new, before):
