@@ -488,14 +488,32 @@ def _worth_reading(value: Any) -> bool:
     return isinstance(value, dict) or (isinstance(value, list) and any(isinstance(v, (str, dict, list)) for v in value))
 
 
-def _extract(text: str) -> tuple[Any, list[str]]:
-    """The JSON value in a model's answer, tolerating fences, prose around it and truncation."""
+_MAX_ENCODINGS = 3  # JSON inside a JSON string inside a JSON string, at most
+
+
+def _decoded_string(value: Any) -> str | None:
+    """The text of a JSON string that holds JSON ("{\\"responses\\": ...}", or a JSON string
+    again), else None."""
+    if isinstance(value, str) and value.strip()[:1] in ("{", "[", '"'):
+        return value
+    return None
+
+
+def _extract(text: str, depth: int = 0) -> tuple[Any, list[str]]:
+    """The JSON value in a model's answer, tolerating fences, prose around it, truncation and
+    double encoding (the whole answer, or its JSON, written as a JSON string: read again)."""
     notes: list[str] = []
     body = _strip_fences(text).strip()
     try:
-        return json.loads(body), notes
+        value = json.loads(body)
     except _JSON_ERRORS:
         pass
+    else:
+        inner = _decoded_string(value)
+        if inner is None or depth >= _MAX_ENCODINGS:
+            return value, notes
+        value, inner_notes = _extract(inner, depth + 1)
+        return value, ["the JSON was double-encoded (a JSON string holding JSON): decoded again", *inner_notes]
     decoder = json.JSONDecoder()
     key = _LIST_KEY.search(body)
     # A complete JSON value inside prose. When the text has a "responses": [ only a value that
@@ -524,6 +542,22 @@ def _extract(text: str) -> tuple[Any, list[str]]:
         if _worth_reading(value):
             notes.append("read a Python literal, not JSON")
             return value, notes
+    # A double-encoded answer inside prose: a JSON string literal that holds the JSON.
+    if depth < _MAX_ENCODINGS and not key:
+        for n, match in enumerate(re.finditer(r'"\s*[\[{]', body)):
+            if n >= _MAX_STARTS:
+                break
+            try:
+                value, _ = decoder.raw_decode(body, match.start())
+                inner = _decoded_string(value)
+                if inner is None:
+                    continue
+                value, inner_notes = _extract(inner, depth + 1)
+            except _JSON_ERRORS:
+                continue
+            if _worth_reading(value):
+                return value, ["ignored text around the JSON",
+                               "the JSON was double-encoded (a JSON string holding JSON): decoded again", *inner_notes]
     # Broken or truncated JSON: keep the complete items of the responses list.
     start = key.end() - 1 if key else body.find("[")
     if start >= 0:
@@ -544,23 +578,57 @@ def _extract(text: str) -> tuple[Any, list[str]]:
 _TYPE_NAMES = {int: "a number", float: "a number", str: "a string", bool: "a boolean", type(None): "null"}
 
 
-def _find_list(value: Any) -> tuple[list, str | None]:
-    """The list of candidates in a parsed answer, and the reasoning if there is one."""
+_MAX_NESTING = 3  # {"output": {"result": {"responses": [...]}}} at most
+
+
+def _nested_list(value: dict, depth: int) -> tuple[list, str | None, str] | None:
+    """A candidates list (under one of LIST_KEYS) in an object wrapped in another one, such as
+    {"output": {"responses": [...]}}, or in a string value holding such JSON: (list, reasoning,
+    path) for the first one in key order, or None."""
+    for name, inner in value.items():
+        if depth >= _MAX_NESTING:
+            break
+        if isinstance(inner, str) and _decoded_string(inner) is not None:
+            try:
+                inner = json.loads(inner)
+            except _JSON_ERRORS:
+                continue
+        if not isinstance(inner, dict):
+            continue
+        reasoning = inner.get("reasoning") if isinstance(inner.get("reasoning"), str) else None
+        for key in LIST_KEYS:
+            if isinstance(inner.get(key), list):
+                return inner[key], reasoning, f"{name!r}"
+        found = _nested_list(inner, depth + 1)
+        if found is not None:
+            return found[0], found[1] or reasoning, f"{name!r} > {found[2]}"
+    return None
+
+
+def _find_list(value: Any) -> tuple[list, str | None, str | None]:
+    """The list of candidates in a parsed answer, the reasoning if there is one, and a note
+    when the list was found nested in a wrapper object."""
     if isinstance(value, list):
-        return value, None
+        return value, None, None
     if not isinstance(value, dict):
         raise VSParseError(f"expected a JSON object with a \"responses\" list, got {_TYPE_NAMES.get(type(value), type(value).__name__)}")
     reasoning = value.get("reasoning")
     reasoning = reasoning if isinstance(reasoning, str) else None
     for key in LIST_KEYS:
         if isinstance(value.get(key), list):
-            return value[key], reasoning
+            return value[key], reasoning, None
+    # A wrapper object around the answer ({"output": {"responses": [...]}}): before the rules
+    # below, which would take {"output": ...} for a single candidate whose text is an object.
+    nested = _nested_list(value, 0)
+    if nested is not None:
+        items, inner_reasoning, path = nested
+        return items, reasoning or inner_reasoning, f"read the list nested under {path}"
     # A single candidate object instead of a list.
     if any(k in value for k in TEXT_KEYS):
-        return [value], reasoning
+        return [value], reasoning, None
     lists = [k for k, v in value.items() if isinstance(v, list)]
     if len(lists) == 1:
-        return value[lists[0]], reasoning
+        return value[lists[0]], reasoning, None
     keys = ", ".join(repr(k) for k in value) or "none"
     raise VSParseError(f"the JSON object has no \"responses\" list (keys: {keys})")
 
@@ -604,9 +672,11 @@ def _candidates(text: Any, finish_reason: str | None = None) -> tuple[list[tuple
         raise VSParseError(f"no JSON with a \"responses\" list in the answer{cut}", raw=text) from None
     notes += extract_notes
     try:
-        raw_items, reasoning = _find_list(value)
+        raw_items, reasoning, found_note = _find_list(value)
     except VSParseError as e:
         raise VSParseError(str(e), raw=text) from None
+    if found_note:
+        notes.append(found_note)
     pairs = []
     for i, raw_item in enumerate(raw_items):
         item_text, weight, note = _read_item(raw_item, i)
@@ -653,7 +723,8 @@ def _postprocess(
 
     # A list whose largest bare number is above 1 but at most 100 is written in percent: a model
     # that switches to percentages does so for the whole list, so "0.5" there means half a
-    # percent. Above 100 it is no percentage either, and values above 1 are clipped instead.
+    # percent, and reading it so keeps the list's ratios (ALGORITHMS.md §5). Above 100 it is no
+    # percentage either, and values above 1 are clipped instead.
     bare = [n for n, pct in read if n is not None and not pct]
     as_percent = bool(bare) and 1 < max(bare) <= 100
     if as_percent:
@@ -728,6 +799,22 @@ def parse_answer(
     meta: dict | None = None,
 ) -> Distribution:
     """A model's VS answer -> :class:`Distribution`, repairing what can be repaired.
+
+    Where the list is: the JSON answer, also with prose or fences around it, truncated (the
+    complete items are kept), as a Python literal, double-encoded (the JSON written as a JSON
+    string, "{\\"responses\\": ...}", up to three times), or nested in a wrapper object
+    ({"output": {"responses": [...]}}, up to three levels; a string value there may hold the JSON).
+
+    Stated probabilities (weights), per item: numbers; strings holding one number ("0.3",
+    "p = 0.3"), a percentage ("30%") or a fraction ("1/3"); anything else (words, booleans,
+    NaN, several numbers, a missing field) weighs 0 and is noted. Then per list (ALGORITHMS.md
+    §5): a list whose bare numbers exceed 1 (one above 1 is enough) while none is above 100 is
+    written in percent and read so, every bare number divided by 100 (a model that switches to
+    percentages does so for the whole list), which keeps their ratios: 40/30/20/10 is
+    0.4/0.3/0.2/0.1 (clipping each to 1, as the public package does, would make it uniform).
+    A list with a number above 100 is no percentage list either: values above 1 are clipped to
+    1. Negatives become 0. Duplicate texts are merged (weights added), the filter below reads
+    these repaired weights, and the survivors are normalised to sum to 1.
 
     - ``k``: the number of items asked for; a different number is noted in ``repairs``.
     - ``min_probability``: keep items whose stated (repaired) probability is >= it; if fewer

@@ -542,3 +542,76 @@ def test_offline_multi_turn_stops_asking_once_every_answer_failed():
     llm = FakeLLM([("no json here", "stop")])
     out = vs.generate_offline_many(llm, ["p"], method="multi", k=4, m=2, errors="keep")
     assert len(llm.calls) == 1 and isinstance(out[0], VSParseError) and "turn 1" in str(out[0])
+
+
+# ----------------------------------------------------------------------- double encoding, wrappers
+
+INNER = {"responses": [{"text": "cat", "probability": 0.6}, {"text": "dog", "probability": 0.4}]}
+
+
+@pytest.mark.parametrize("text", [
+    json.dumps(json.dumps(INNER)),  # "{\"responses\": ...}"
+    json.dumps(json.dumps(json.dumps(INNER))),  # twice
+    "Here you go: " + json.dumps(json.dumps(INNER)) + " Enjoy!",
+    "```json\n" + json.dumps(json.dumps(INNER)) + "\n```",
+])
+def test_a_double_encoded_answer_is_decoded_again(text):
+    dist = parse_answer(text, k=2)
+    assert dist.texts == ["cat", "dog"] and dist.probabilities == pytest.approx([0.6, 0.4])
+    assert "double-encoded" in " ".join(dist.repairs)
+    check_valid(dist)
+
+
+@pytest.mark.parametrize("wrapped, path", [
+    ({"output": INNER}, "'output'"),
+    ({"result": {"output": {"reasoning": "why", **INNER}}}, "'result' > 'output'"),
+    ({"output": json.dumps(INNER)}, "'output'"),  # the wrapper holds the JSON as a string
+    ({"status": "ok", "data": INNER}, "'data'"),
+])
+def test_a_list_nested_in_a_wrapper_object_is_found(wrapped, path):
+    dist = parse_answer(json.dumps(wrapped), k=2)
+    assert dist.texts == ["cat", "dog"] and dist.probabilities == pytest.approx([0.6, 0.4])
+    assert f"nested under {path}" in " ".join(dist.repairs)
+    if "result" in wrapped:
+        assert dist.reasoning == "why"
+    check_valid(dist)
+
+
+def test_a_single_candidate_under_output_is_still_one_candidate():
+    dist = parse_answer(json.dumps({"output": "a plain answer", "probability": 0.9}))
+    assert dist.texts == ["a plain answer"] and dist.probabilities == [1.0]
+
+
+def test_a_string_that_holds_no_json_is_refused_with_its_type():
+    with pytest.raises(VSParseError, match="got a string"):
+        parse_answer(json.dumps("no JSON in here"))
+
+
+# ----------------------------------------------------------------------- weights above 1
+
+def weighted(*weights) -> str:
+    return json.dumps({"responses": [{"text": f"t{i}", "probability": w} for i, w in enumerate(weights)]})
+
+
+def test_a_list_above_one_is_read_as_percentages_keeping_its_ratios():
+    dist = parse_answer(weighted(40, 30, 20, 10))
+    assert dist.probabilities == pytest.approx([0.4, 0.3, 0.2, 0.1])  # clipping would give 0.25 each
+    assert "read the list as percentages" in " ".join(dist.repairs)
+    # One bare number above 1 is enough: the small ones are percents too (0.5 -> 0.005).
+    dist = parse_answer(weighted(50, 0.5, 30))
+    assert dist.probabilities == pytest.approx([50 / 80.5, 30 / 80.5, 0.5 / 80.5])
+    # 100 is still a percentage; the ratio 2:1 survives (clipping would make it 1:1).
+    assert parse_answer(weighted(100, 50)).probabilities == pytest.approx([2 / 3, 1 / 3])
+
+
+def test_percent_weights_are_absolute_for_the_filter():
+    """The filter reads the repaired weights: 40 -> 0.4 passes 0.35, 30 -> 0.3 does not (read as
+    weights normalised by their sum they would be 0.5 and 0.375, both passing)."""
+    dist = parse_answer(weighted(40, 30, 10), min_probability=0.35)
+    assert dist.texts == ["t0"]
+
+
+def test_a_list_with_a_number_above_100_is_clipped():
+    dist = parse_answer(weighted(100.5, 50))
+    assert dist.probabilities == pytest.approx([0.5, 0.5])
+    assert "clipped to 1" in " ".join(dist.repairs) and "percentages" not in " ".join(dist.repairs)
