@@ -265,7 +265,16 @@ def apply_edt(
 def top_p_mask(
     logits: torch.Tensor, top_p, *, inplace: bool = False, backend: str = "auto"
 ) -> torch.Tensor:
-    """Set every logit outside its row's top-p nucleus to -inf (sort-free on cpu/triton)."""
+    """Set every logit outside its row's top-p nucleus to -inf (sort-free on cpu/triton).
+
+    The nucleus is the smallest set of most probable tokens whose mass reaches p (ALGORITHMS.md
+    §2.2 step 5). Tokens rank by logit and, among equal logits, by index, lowest first (vLLM's
+    Triton top-p order): of the tokens tied with the crossing token only as many as the mass
+    needs are kept, the lowest indices. The top-1 token (the lowest index among the maxima) is
+    always kept; p <= 0 keeps it alone; p >= 1 and non-finite rows are left unchanged. Every
+    backend equals an exact float64 smallest-set nucleus with this order except for tokens
+    whose mass-before is within float32 rounding of p (tests/test_ops.py).
+    """
     x = _check_logits(logits, inplace)
     p = _per_row("top_p", top_p, x)
     _resolve(backend, x.device).top_p_mask_(x, p)
