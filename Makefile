@@ -16,15 +16,35 @@ PIP_INDEX := $(if $(PIP_EXTRA_INDEX),--extra-index-url $(PIP_EXTRA_INDEX))
 HAS_NVIDIA_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
 PYTEST := $(PY) -m pytest -q -p no:cacheprovider
 
-.PHONY: demo test bench bench-quick load quality quality-quick serve venv model thf-family clean
+.PHONY: demo test gpu-compile gpu-check bench bench-quick load quality quality-quick serve venv model thf-family clean
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/real-vllm model
 	$(VENV)/bin/real-vllm demo
 
-# The benchmark smoke run goes first so that pytest's summary is the last line.
-test: $(VENV)/.installed bench-quick
+# The benchmark smoke run and the GPU compile check go first so that pytest's summary is the
+# last line.
+test: $(VENV)/.installed bench-quick gpu-compile
 	$(PYTEST)
+
+# Every Triton kernel the ops launch, compiled (not launched) for sm_80/sm_90/sm_100 at serving
+# shapes with Triton's real compiler, under the CPU venv's Triton and under the one vLLM 0.32's
+# GPU install pins; fails on a kernel that does not compile or spills (benchmarks/gpu_compile.py).
+# Tables: benchmarks/results/gpu_compile_triton-<version>.csv.
+TRITON_GPU_PIN := 3.7.1
+TRITON_GPU_DIR := $(VENV)/triton-$(TRITON_GPU_PIN)
+gpu-compile: $(VENV)/.installed $(TRITON_GPU_DIR)/.installed
+	$(PY) -m benchmarks.gpu_compile
+	PYTHONPATH=$(TRITON_GPU_DIR) $(PY) -m benchmarks.gpu_compile
+
+# On a machine with one NVIDIA GPU and torch + triton (no vLLM, nothing to install: the lent
+# device): the op tests natively on the GPU, a processor step in a CUDA graph, the op table.
+gpu-check:
+	bash benchmarks/gpu_check.sh
+
+$(TRITON_GPU_DIR)/.installed: | $(VENV)/.installed
+	$(PIP) install --quiet --no-deps --target $(TRITON_GPU_DIR) "triton==$(TRITON_GPU_PIN)"
+	touch $@
 
 # The op table, the serving table, SLED's decode cost by layer count, REAL's THF step (forward,
 # re-tokenisation) and VS diversity: CSV + PNG under benchmarks/results/ (minutes).

@@ -3,6 +3,7 @@ or a GPU target, asked of Triton's active driver rather than of torch, so that a
 driver (benchmarks/gpu_compile.py: no GPU, nothing launched) gets the same launch choices as a
 real device."""
 
+import functools
 import os
 
 import triton
@@ -23,5 +24,10 @@ def multiprocessors() -> int:
     """Streaming multiprocessors of the current device (1 under the interpreter)."""
     if interpreted():
         return 1
-    active = triton.runtime.driver.active
-    return active.utils.get_device_properties(active.get_current_device())["multiprocessor_count"]
+    return _multiprocessors(triton.runtime.driver.active, triton.runtime.driver.active.get_current_device())
+
+
+@functools.cache
+def _multiprocessors(driver, device: int) -> int:
+    # Once per (driver, device): the launchers ask every step.
+    return driver.utils.get_device_properties(device)["multiprocessor_count"]

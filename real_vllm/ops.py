@@ -296,24 +296,57 @@ SLED_STATS = 5  # m, z, a, s, dd
 SLED_CHUNK = 16384  # vocabulary rows of lm_head per GEMM: [L * B, CHUNK] float32 at a time
 
 
-def _sled_candidates(x: torch.Tensor, k) -> tuple[torch.Tensor, torch.Tensor]:
-    """The top-k candidates of each row (masked tokens never are one) and how many a row has:
-    0 for a row that is left alone (NaN or +inf in it, or nothing finite)."""
-    batch = x.shape[0]
-    k = _per_row("k", k, x)
-    if (k < 1).any() or (k != k.round()).any():
+def _host_k(k, batch: int) -> torch.Tensor:
+    """k per row as a host int64 [B] tensor, validated there (a device tensor is copied once:
+    a sync)."""
+    if isinstance(k, torch.Tensor):
+        if k.dim() == 0:
+            k = k.reshape(1)
+        if k.dim() != 1 or k.shape[0] not in (1, batch):
+            raise ValueError(f"k must be a number or a [{batch}] tensor, got shape {tuple(k.shape)}")
+        host = k.detach().to("cpu", torch.float64)
+    elif isinstance(k, (int, float)) and not isinstance(k, bool):
+        host = torch.tensor([float(k)], dtype=torch.float64)
+    else:
+        raise TypeError(f"k must be a number or a tensor, got {type(k).__name__}")
+    if (host < 1).any() or (host != host.round()).any():
         raise ValueError("k must be whole numbers >= 1")
-    k = k.to(torch.int64)
+    return host.to(torch.int64).expand(batch)
+
+
+def _sled_candidates(x: torch.Tensor, k, max_k: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The top-k candidates of each row ([B, width]: masked tokens never are one among the first
+    count[b] of row b, the live ones) and that count: 0 for a row that is left alone (NaN or
+    +inf in it, or nothing finite).
+
+    The top-k width must be known on the host. It is, with no device sync, from a number, from
+    a CPU tensor (validated there), or from ``max_k`` for a [B] tensor on the logits' device,
+    which the caller vouches holds whole numbers in [1, max_k] (the processor validated every
+    request's k and keeps the host copy); a device tensor without max_k is copied to the host
+    once."""
+    batch, vocab = x.shape
+    trusted = isinstance(k, torch.Tensor) and k.device == x.device and max_k is not None
+    if trusted:
+        if max_k < 1:
+            raise ValueError(f"max_k must be >= 1, got {max_k}")
+        width, k = max_k, _per_row("k", k, x).to(torch.int64)
+    else:
+        k_host = _host_k(k, batch)
+        width = int(k_host.max()) if batch else 0
+        if isinstance(k, torch.Tensor):
+            pinned = x.device.type == "cuda"
+            k = (k_host.pin_memory() if pinned else k_host).to(x.device, non_blocking=pinned)
+        else:  # a number: made on the device, nothing copied
+            k = torch.full((batch,), int(k_host[0]) if batch else 1, dtype=torch.int64, device=x.device)
     if not batch:
         return torch.zeros(0, 0, dtype=torch.int64, device=x.device), k
     # One pass over the logits (the top-k itself): it sorts NaN and +inf first, so its first value
     # flags a bad row, and a row with fewer finite tokens than k has -inf among its top k.
-    top = torch.topk(x, min(int(k.max()), x.shape[1]), dim=1)
+    top = torch.topk(x, min(width, vocab), dim=1)
     bad = ~(top.values[:, 0] < float("inf"))
     finite = (top.values > float("-inf")).sum(dim=1)
     count = torch.where(bad, torch.zeros_like(k), torch.minimum(k, finite))
-    candidates = top.indices[:, : int(count.max())].contiguous()
-    return candidates, count
+    return top.indices, count
 
 
 def _check_early(name: str, t: torch.Tensor, x: torch.Tensor, last: int | None) -> None:
@@ -330,11 +363,11 @@ def _check_early(name: str, t: torch.Tensor, x: torch.Tensor, last: int | None) 
         raise ValueError(f"{name} is on {t.device}, the logits on {x.device}")
 
 
-def _sled_streaming(x, layers, alpha, k, lower_bound, impl, gather) -> None:
+def _sled_streaming(x, layers, alpha, k, max_k, lower_bound, impl, gather) -> None:
     """Run SLED in place on x: ``gather(candidates, stats, candidate_logits)`` fills the
     per-(layer, row) stats and the early logits at the candidates, then the backend finishes."""
     batch = x.shape[0]
-    candidates, count = _sled_candidates(x, k)
+    candidates, count = _sled_candidates(x, k, max_k)
     alpha = _per_row("alpha", alpha, x)
     lower_bound = _per_row("lower_bound", lower_bound, x)
     stats = torch.zeros(SLED_STATS, layers, batch, dtype=torch.float32, device=x.device)
@@ -359,13 +392,16 @@ def sled_evolve(
     k=10,
     lower_bound=-1000.0,
     *,
+    max_k: int | None = None,
     inplace: bool = False,
     backend: str = "auto",
 ) -> torch.Tensor:
     """SLED (arXiv 2411.02433): evolve final logits [B, V] with early-layer logits [L, B, V].
 
     The k most probable tokens get l_N - alpha * (softmax(l_N) - P_latent); every other
-    finite token gets lower_bound. alpha, k, lower_bound: numbers or [B] tensors.
+    finite token gets lower_bound. alpha, k, lower_bound: numbers or [B] tensors. ``max_k``:
+    the largest k, known on the host; with a k tensor on the logits' device it spares a device
+    sync (k is then trusted to hold whole numbers in [1, max_k]; see _sled_candidates).
     """
     x = _check_logits(final_logits, inplace)
     _check_early("early_logits", early_logits, x, None)
@@ -373,12 +409,12 @@ def sled_evolve(
         raise ValueError(f"early_logits vocab {early_logits.shape[2]} != logits vocab {x.shape[1]}")
     impl = _resolve(backend, x.device)
     if impl.sled_stats_ is None:
-        _sled_candidates(x, k)  # the same argument checks as the fast paths
+        _sled_candidates(x, k, max_k)  # the same argument checks as the fast paths
         _per_row("alpha", alpha, x), _per_row("lower_bound", lower_bound, x)
         x.copy_(reference.sled_evolve(x, early_logits, alpha, k, lower_bound))
         return x
     early = early_logits.to(torch.float32).contiguous()
-    _sled_streaming(x, early.shape[0], alpha, k, lower_bound, impl, _chunk_stats(x, [(0, early)], impl))
+    _sled_streaming(x, early.shape[0], alpha, k, max_k, lower_bound, impl, _chunk_stats(x, [(0, early)], impl))
     return x
 
 
@@ -392,10 +428,12 @@ def sled_evolve_from_hidden(
     *,
     logit_scale: float = 1.0,
     chunk: int = SLED_CHUNK,
+    max_k: int | None = None,
     inplace: bool = False,
     backend: str = "auto",
 ) -> torch.Tensor:
-    """SLED from the early residual streams [L, B, H] and lm_head's weight [>= V, H].
+    """SLED from the early residual streams [L, B, H] and lm_head's weight [>= V, H] (``max_k``:
+    as in sled_evolve).
 
     The early logits (logit_scale * h_n W^T) are made one vocabulary chunk at a time, all
     layers and rows in one GEMM that reads each weight row once, and reduced right away: the
@@ -419,7 +457,7 @@ def sled_evolve_from_hidden(
         return logits.to(torch.float32).reshape(layers, batch, stop - start)
 
     if impl.sled_stats_ is None:
-        return sled_evolve(x, project(0, vocab), alpha, k, lower_bound, inplace=True, backend=backend)
+        return sled_evolve(x, project(0, vocab), alpha, k, lower_bound, max_k=max_k, inplace=True, backend=backend)
     chunks = ((start, project(start, min(start + chunk, vocab))) for start in range(0, vocab, chunk))
     chunked = _chunk_stats(x, chunks, impl)
     if impl.sled_hidden_stats_ is None:
@@ -431,7 +469,7 @@ def sled_evolve_from_hidden(
                                             candidate_logits)
             if not fused:
                 chunked(candidates, stats, candidate_logits)
-    _sled_streaming(x, layers, alpha, k, lower_bound, impl, gather)
+    _sled_streaming(x, layers, alpha, k, max_k, lower_bound, impl, gather)
     return x
 
 

@@ -25,8 +25,9 @@ __all__ = [
 ]
 
 
-def _per_row(value, batch: int) -> torch.Tensor:
-    return torch.as_tensor(value, dtype=torch.float32).flatten().expand(batch).float()
+def _per_row(value, like: torch.Tensor) -> torch.Tensor:
+    """A number or a [B] / [1] tensor as [B] float32 on ``like``'s device (B = like's rows)."""
+    return torch.as_tensor(value, dtype=torch.float32, device=like.device).flatten().expand(like.shape[0]).float()
 
 
 def _bad_rows(x: torch.Tensor) -> torch.Tensor:
@@ -54,8 +55,7 @@ def edt_temperature(logits, t0, n=0.8, theta=1.0, min_scale=1e-5) -> torch.Tenso
     and on a NaN row, whose NaN the division by t0 keeps visible).
     H = 0 with theta > 0 gives n ** inf = 0, so T = t0 * min_scale.
     """
-    batch = logits.shape[0]
-    t0, n, theta = (_per_row(v, batch) for v in (t0, n, theta))
+    t0, n, theta = (_per_row(v, logits) for v in (t0, n, theta))
     h = entropy(logits)
     scale = torch.pow(n, theta / h).clamp_min(min_scale)
     scale = torch.where(torch.isnan(h), h, scale)
@@ -66,7 +66,7 @@ def edt_temperature(logits, t0, n=0.8, theta=1.0, min_scale=1e-5) -> torch.Tenso
 def apply_temperature(logits: torch.Tensor, temperature) -> torch.Tensor:
     """l / T per row, in float32 (a true division, as vLLM's own temperature step does)."""
     x = logits.float()
-    return x / _per_row(temperature, x.shape[0]).unsqueeze(1)
+    return x / _per_row(temperature, x).unsqueeze(1)
 
 
 def apply_edt(logits, t0, n=0.8, theta=1.0, min_scale=1e-5):
@@ -132,7 +132,7 @@ def sled_evolve(final_logits, early_logits, alpha=2.0, k=10, lower_bound=-1000.0
     x = final_logits.float()
     early = early_logits.float()
     batch, vocab = x.shape
-    alpha, k, lower_bound = (_per_row(v, batch) for v in (alpha, k, lower_bound))
+    alpha, k, lower_bound = (_per_row(v, x) for v in (alpha, k, lower_bound))
     out = x.clone()
     for b in range(batch):
         row = x[b]
@@ -144,14 +144,14 @@ def sled_evolve(final_logits, early_logits, alpha=2.0, k=10, lower_bound=-1000.0
         p_final = torch.softmax(row, dim=-1)
         diff = torch.where(finite, early[:, b] - row, torch.zeros_like(early[:, b]))  # [L, V]
         p_early = torch.softmax(early[:, b], dim=-1)  # [L, V]
-        onehot = torch.zeros(kb, vocab)
-        onehot[torch.arange(kb), candidates] = 1.0
+        onehot = torch.zeros(kb, vocab, device=x.device)
+        onehot[torch.arange(kb, device=x.device), candidates] = 1.0
         grad = p_early[:, None, :] - onehot[None]  # [L, k, V]: the gradient of CE at e_i
         dot = (diff[:, None, :] * grad).sum(-1)
         cos = _cosine(dot, (diff**2).sum(-1)[:, None], (grad**2).sum(-1))
         weight = cos.clamp_min(0) ** 2  # [L, k]
         total = weight.sum()
-        latent = weight.sum(0) / total if total > 0 else torch.zeros(kb)
+        latent = weight.sum(0) / total if total > 0 else torch.zeros(kb, device=x.device)
         out[b] = torch.where(finite, lower_bound[b], float("-inf"))
         out[b, candidates] = row[candidates] - alpha[b] * (p_final[candidates] - latent)
     return out
