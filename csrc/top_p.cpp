@@ -14,8 +14,8 @@
 //   3. a walk down the histogram from the max finds the bucket where the cumulative mass
 //      crosses the target; one read gathers that bucket's logits (about a hundred on a
 //      151k-token row), and only those are sorted to place tau exactly;
-//   4. one read+write masks l < tau (and, where tied tokens at tau are dropped, counts them
-//      in index order: a scalar pass, only on such rows).
+//   4. one read+write masks l < tau (where tied tokens at tau are dropped, a counting scan
+//      first finds the index past which they go: it stops there, and only such rows run it).
 // The buckets only decide how much gets sorted: tau is exact whatever the bucket widths.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -129,10 +129,30 @@ REAL_VLLM_ROW_KERNEL void top_p_row(float* row, int64_t n, float p, Scratch& sc)
     return;
   }
   // Pass 4 with a tie to break: the first n_keep entries equal to tau, in index order, stay.
-  int64_t seen = 0;
+  // A counting scan (blocks of kBlock, stopping where the count passes n_keep) finds the index
+  // `cut` of the first tie to drop; then one vectorised mask.
+  int64_t cut = n, seen = 0;
+  for (int64_t c0 = 0; c0 < n && cut == n; c0 += kBlock) {
+    const float* x = row + c0;
+    const int64_t len = std::min(kBlock, n - c0);
+    int64_t hits = 0;
+#pragma omp simd reduction(+ : hits)
+    for (int64_t i = 0; i < len; ++i) hits += x[i] == tau;
+    if (seen + hits <= n_keep) {
+      seen += hits;
+      continue;
+    }
+    for (int64_t i = 0; i < len; ++i) {
+      if (x[i] == tau && ++seen > n_keep) {
+        cut = c0 + i;
+        break;
+      }
+    }
+  }
+#pragma omp simd
   for (int64_t i = 0; i < n; ++i) {
     const float l = row[i];
-    if (l < tau || (l == tau && ++seen > n_keep)) row[i] = -kInf;
+    row[i] = (l > tau || (l == tau && i < cut)) ? l : -kInf;
   }
 }
 
