@@ -781,10 +781,16 @@ def _postprocess(
         probs = [it[1] / total for it in items]
     order = sorted(range(len(items)), key=lambda j: -probs[j])
     result = [Item(items[j][0], probs[j], items[j][2]) for j in order]
-    # Normalisation can leave the sum 1 +- a few ulps; fold the residue into the top item.
+    # Normalisation can leave the sum 1 +- a few ulps; fold the residue into one item without
+    # breaking the order: a surplus into the top item, a deficit into the last item that stays
+    # >= the one after it (not into the top one: it may be tied with the second).
     residue = 1.0 - math.fsum(it.probability for it in result)
     if residue:
-        result[0] = Item(result[0].text, result[0].probability + residue, result[0].stated)
+        j = 0
+        if residue < 0:
+            j = next((i for i in range(len(result) - 1, -1, -1)
+                      if result[i].probability + residue >= (result[i + 1].probability if i + 1 < len(result) else 0.0)), 0)
+        result[j] = Item(result[j].text, result[j].probability + residue, result[j].stated)
     return tuple(result), repairs
 
 

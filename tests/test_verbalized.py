@@ -615,3 +615,11 @@ def test_a_list_with_a_number_above_100_is_clipped():
     dist = parse_answer(weighted(100.5, 50))
     assert dist.probabilities == pytest.approx([0.5, 0.5])
     assert "clipped to 1" in " ".join(dist.repairs) and "percentages" not in " ".join(dist.repairs)
+
+
+def test_the_normalisation_residue_keeps_tied_items_in_order():
+    """Weights whose normalised sum is 1 + 2 ulps with the top two tied: the deficit goes where
+    the order survives (folded into the top item it made the first less than the second)."""
+    dist = parse_answer(weighted(0.837578, 0.837578, 0.556454))
+    check_valid(dist)
+    assert dist.texts[:2] == ["t0", "t1"]
