@@ -11,12 +11,13 @@ batches. Rows of other requests are not touched.
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from real_vllm.integration import early_layers
+from real_vllm.integration import early_layers, observability
 from real_vllm.integration.processor import SlotLogitsProcessor
 from real_vllm.integration.state import EARLY_COLUMNS
 from real_vllm.methods import dola, parse_sampler_args, sled
@@ -42,6 +43,7 @@ class EarlyLayerLogitsProcessor(SlotLogitsProcessor):
         self.normed = {"sled": bool(getattr(config, early_layers.SLED_NORM, False)),
                        "dola": bool(getattr(config, early_layers.DOLA_NORM, False))}
         self._warned_no_tap = False
+        self.metrics = observability.recorder(vllm_config, self.device)
 
     @classmethod
     def validate_params(cls, sampling_params: SamplingParams) -> None:
@@ -64,6 +66,7 @@ class EarlyLayerLogitsProcessor(SlotLogitsProcessor):
                              "(is the model the early-layer wrapper?); those rows sample plainly")
                 self._warned_no_tap = True
             return logits
+        start = time.perf_counter()
         column = self._columns(num_rows, ctx)
         if not logits.is_contiguous():
             logits = logits.contiguous()
@@ -72,6 +75,7 @@ class EarlyLayerLogitsProcessor(SlotLogitsProcessor):
             rows = np.flatnonzero(run[method])
             if not len(rows):
                 continue
+            method_start = time.perf_counter()
             # Rows in chunks sized by ops.WORKING_MEMORY (vLLM's memory profiling never runs
             # this processor, so the working memory must stay small whatever the batch).
             if method == "sled":
@@ -99,4 +103,6 @@ class EarlyLayerLogitsProcessor(SlotLogitsProcessor):
                 if not run_of_rows:
                     logits.index_copy_(0, pick, target)
                 del target
+            self.metrics.observe_seconds(method, time.perf_counter() - method_start)
+        self.metrics.observe_seconds("early", time.perf_counter() - start)
         return logits

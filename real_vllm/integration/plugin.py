@@ -24,6 +24,11 @@ _PATCHED = "_real_vllm_patched"
 def register() -> None:
     """Entry point of ``vllm.general_plugins``; safe to call many times."""
     import vllm
+
+    from real_vllm.integration import observability
+
+    observability.route_logging()
+    observability.setup_metrics_dir()
     from vllm.engine.arg_utils import EngineArgs
 
     if getattr(EngineArgs, _PATCHED, False):

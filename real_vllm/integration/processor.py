@@ -17,6 +17,7 @@ places see the same logits.
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -27,6 +28,7 @@ from vllm.v1.worker.gpu.sample.logits_processor.interface import (
     LogitsProcessor as V2LogitsProcessor,
 )
 
+from real_vllm.integration import observability
 from real_vllm.integration.state import COLUMNS, SlotTable
 from real_vllm.methods import PARAM_PREFIXES, SERVER_KEYS, SAMPLERS, SamplerRequest, edt, parse_sampler_args, real
 from real_vllm.thf.retokenize import TextHistory
@@ -172,8 +174,11 @@ class RealVllmLogitsProcessor(SlotLogitsProcessor):
 
     def __init__(self, vllm_config: VllmConfig, *runner_args):
         super().__init__(vllm_config, *runner_args)
+        self._thf_status = "no THF checkpoint (--real-thf PATH)"
         self.thf = self._load_thf(vllm_config)
         self._warned_no_thf = False
+        self.metrics = observability.recorder(vllm_config, self.device)
+        observability.log_startup_summary(vllm_config, self.defaults, self.thf, self._thf_status)
 
     def _load_thf(self, vllm_config: VllmConfig):
         """The THF for REAL rows. A THF the user named (--real-thf, $REAL_VLLM_THF) must load;
@@ -200,9 +205,11 @@ class RealVllmLogitsProcessor(SlotLogitsProcessor):
         except TokenizerMismatch:
             if chosen or real_default:
                 raise
-            logger.info("real_vllm: the shipped THF is for another tokenizer; REAL needs --real-thf "
-                        "or --real-retokenize")
+            self._thf_status = (f"the shipped THF ({path}) is for another tokenizer than the served "
+                                f"model's; REAL needs --real-thf or --real-retokenize")
             return None
+        self._thf_status = (f"{path} ({'given' if chosen else 'shipped'}), its tokenizer in {path}, "
+                            f"served tokenizer {vllm_config.model_config.tokenizer}")
         if thf.retokenizer is not None:
             logger.info("real_vllm: REAL re-tokenises the served text with the THF's tokenizer (%s)", path)
         return thf
@@ -224,6 +231,11 @@ class RealVllmLogitsProcessor(SlotLogitsProcessor):
             self.slots.tokens[req_idx] = TextHistory()  # V2: the tokens stay in the runner
         return runs
 
+    def _request(self, params: SamplingParams):
+        request = super()._request(params)
+        self.metrics.request(request.sampler)
+        return request
+
     def is_argmax_invariant(self) -> bool:
         return True
 
@@ -236,13 +248,18 @@ class RealVllmLogitsProcessor(SlotLogitsProcessor):
         run_real = self.slots.runs["real"][requests].any()
         if not (run_edt or run_real):
             return logits
+        start = time.perf_counter()
         column = self._columns(num_rows, ctx)
         if not logits.is_contiguous():
             logits = logits.contiguous()
         if run_edt:  # every row: the others hold EDT's identity (t0 = 1, theta = 0)
-            edt.apply_(logits, column("edt_t0"), column("edt_n"), column("edt_theta"))
+            temperature = edt.apply_(logits, column("edt_t0"), column("edt_n"), column("edt_theta"))
+            self.metrics.temperatures(observability.rows_of(self, "edt", temperature, requests, ctx))
         if run_real:
-            real.apply_(logits, self._real_thresholds(num_rows, ctx, requests, column))
+            top_p = self._real_thresholds(num_rows, ctx, requests, column)
+            self.metrics.top_ps(observability.rows_of(self, "real", top_p, requests, ctx))
+            real.apply_(logits, top_p)
+        self.metrics.observe_seconds("edt_real", time.perf_counter() - start)
         return logits
 
     def _real_thresholds(self, num_rows: int, ctx, requests: np.ndarray, column) -> torch.Tensor:
@@ -280,8 +297,9 @@ class RealVllmLogitsProcessor(SlotLogitsProcessor):
     def _residual_entropy(self, num_rows: int, rows: np.ndarray | None, idx: torch.Tensor | None, ctx):
         """The THF's d on the windows of ``rows`` (host; ``idx``: the same on the device), or
         of every row when both are None."""
-        windows, lengths = self._windows(num_rows, rows, idx, ctx)
-        return self.thf.residual_entropy(windows, lengths)
+        with self.metrics.timed("thf"):
+            windows, lengths = self._windows(num_rows, rows, idx, ctx)
+            return self.thf.residual_entropy(windows, lengths)
 
     def _windows(self, num_rows: int, rows: np.ndarray | None, idx: torch.Tensor | None, ctx):
         """The last THF-window tokens of each row: prompt + output up to and including the
