@@ -66,6 +66,9 @@ BAD_XARGS = [
     # SLED/DoLa need a server that computes early layers (--sampler sled / dola)
     ({"sampler": "sled"}, "sled"),
     ({"sampler": "dola+edt"}, "dola+edt"),
+    # a near miss of one of our keys names the key meant (README: "Keys must be exact")
+    ({"samplr": "none"}, "did you mean 'sampler'"),
+    ({"edt-t0": 0.7}, "did you mean 'edt_t0'"),
 ]
 
 
@@ -92,6 +95,61 @@ def test_bad_parameters_give_400_naming_them_and_the_server_keeps_serving(client
     assert name in json.loads(body)["error"]["message"]
     assert server.alive()
     assert complete(client, {"edt_t0": 0.9}, seed=11) == before
+
+
+def post_json(server, path, body) -> tuple[int, dict]:
+    request = urllib.request.Request(f"{server.base_url}/{path}", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_vllm_params_that_would_stack_with_the_sampler_give_400(client, server):
+    """README: temperature with EDT (here the server default), top_p with REAL, min_p with
+    either are refused naming the parameter; opting out or composing parameters pass."""
+    model = client.models.list().data[0].id
+    base = {"model": model, "prompt": "The", "max_tokens": 4, "seed": 3}
+    for extra, name in (({"temperature": 0.7}, "temperature 0.7"),
+                        ({"temperature": 1.0, "top_p": 0.9, "vllm_xargs": {"sampler": "real"}}, "top_p 0.9"),
+                        ({"temperature": 1.0, "min_p": 0.1}, "min_p 0.1")):
+        status, body = post_json(server, "completions", {**base, **extra})
+        assert status == 400 and name in body["error"]["message"], body
+    for extra in ({"temperature": 0.7, "vllm_xargs": {"sampler": "none"}}, {"temperature": 0.0},
+                  {"temperature": 1.0, "top_p": 0.9, "top_k": 5}):
+        status, body = post_json(server, "completions", {**base, **extra})
+        assert status == 200, (extra, body)
+
+
+def test_edt_then_top_p_composes_as_documented(client):
+    """EDT with theta 0 is a temperature t0; vLLM's top-p then runs on its distribution, as
+    top-p on temperature t0 does."""
+    model = client.models.list().data[0].id
+    for seed in range(3):
+        def text(xargs, temperature):
+            return client.completions.create(model=model, prompt="The function", max_tokens=24, seed=seed,
+                                             temperature=temperature, top_p=0.8,
+                                             extra_body={"vllm_xargs": xargs}).choices[0].text
+        assert text({"sampler": "edt", "edt_t0": 0.7, "edt_theta": 0.0}, 1.0) == text({"sampler": "none"}, 0.7)
+
+
+def test_beam_search_with_a_sampler_gives_400_and_best_of_is_ignored(client, server):
+    model = client.models.list().data[0].id
+    beam = {"model": model, "prompt": "The", "max_tokens": 4, "n": 2, "use_beam_search": True, "temperature": 0.0}
+    for xargs, why in ((None, "sampler edt (the server's default)"), ({"sampler": "edt+real"}, "sampler edt+real:")):
+        status, body = post_json(server, "completions", {**beam, **({"vllm_xargs": xargs} if xargs else {})})
+        assert status == 400 and "use_beam_search" in body["error"]["message"] and why in body["error"]["message"], body
+    status, body = post_json(server, "completions", {**beam, "vllm_xargs": {"sampler": "none"}})
+    assert status == 200 and len(body["choices"]) == 2, body
+    # vLLM 0.32 has no best_of: it is dropped, and the sampler runs as without it
+    plain = {"model": model, "prompt": "The function", "max_tokens": 16, "seed": 5, "n": 1,
+             "vllm_xargs": {"sampler": "edt", "edt_t0": 0.5}}
+    status, with_best_of = post_json(server, "completions", {**plain, "best_of": 3})
+    assert status == 200, with_best_of
+    assert with_best_of["choices"][0]["text"] == post_json(server, "completions", plain)[1]["choices"][0]["text"]
+    assert server.alive()
 
 
 # ----------------------------------------------------------------------------- fuzzing

@@ -11,6 +11,7 @@ vLLM version it was verified on, and tested.
 
 from __future__ import annotations
 
+import argparse
 import functools
 import logging
 import os
@@ -19,6 +20,11 @@ logger = logging.getLogger("real_vllm")
 
 VERIFIED_VLLM = ("0.32.",)
 _PATCHED = "_real_vllm_patched"
+# vLLM's --help=NAME lower-cases NAME and turns '_' into '-' before comparing it with group
+# titles, so this title answers --help=real-vllm and --help=real_vllm.
+HELP_GROUP = "real-vllm"
+HELP_DESCRIPTION = ("Factuality/diversity-aware decoding (the real_vllm plugin): every flag it adds; "
+                    "`--help=real-vllm` lists them. Per request: vllm_xargs (see the README).")
 
 
 def register() -> None:
@@ -57,19 +63,18 @@ def _add_sampler_flag(engine_args_cls) -> None:
     @functools.wraps(original_add)
     def add_cli_args(parser, *args, **kwargs):
         parser = original_add(parser, *args, **kwargs)
-        group = parser.add_argument_group(
-            "real_vllm", "Factuality/diversity-aware decoding (the real_vllm plugin)."
-        )
+        group = parser.add_argument_group(HELP_GROUP, HELP_DESCRIPTION)
         group.add_argument(
             "--sampler",
             choices=list(SAMPLERS),
-            default=None,
+            default=argparse.SUPPRESS,  # absent unless given; no '(default: None)' in --help
             help="Server-wide default sampler; a request can override it with "
-            'vllm_xargs {"sampler": ...}; "none" is plain vLLM sampling.',
+            'vllm_xargs {"sampler": ...}; "none" is plain vLLM sampling. Every flag of '
+            "the plugin: --help=real-vllm.",
         )
         group.add_argument(
             "--real-thf",
-            default=None,
+            default=argparse.SUPPRESS,
             metavar="PATH",
             help="THF checkpoint for REAL sampling (default: the one shipped for the "
             "embedded default model, if it applies).",
@@ -77,20 +82,20 @@ def _add_sampler_flag(engine_args_cls) -> None:
         group.add_argument(
             "--real-retokenize",
             action="store_true",
-            default=None,
+            default=argparse.SUPPRESS,
             help="Serve REAL with a THF trained for another tokenizer: decode the served tokens "
             "and re-tokenise the text with the THF's tokenizer (slower per step).",
         )
         group.add_argument(
             "--sled-layers",
-            default=None,
+            default=argparse.SUPPRESS,
             metavar="LAYERS",
             help="Early layers SLED reads: all (default), every:K, or a list like 0,8,16 "
             "(0 = embeddings).",
         )
         group.add_argument(
             "--dola-layers",
-            default=None,
+            default=argparse.SUPPRESS,
             metavar="LAYERS",
             help="DoLa's candidate premature layers: high (default), low, or a list.",
         )
@@ -98,7 +103,7 @@ def _add_sampler_flag(engine_args_cls) -> None:
             group.add_argument(
                 f"--{method}-early-norm",
                 choices=("on", "off"),
-                default=None,
+                default=argparse.SUPPRESS,
                 help=f"Apply the final norm to the early layers {method.upper() if method == 'sled' else 'DoLa'} "
                 f"reads, before lm_head (default: {default}).",
             )
@@ -123,8 +128,10 @@ def _add_sampler_flag(engine_args_cls) -> None:
             if key == "real_thf":  # the engine's processes may not share the caller's cwd
                 value = os.path.abspath(value)
             if config.get(key, value) != value:
-                raise ValueError(
-                    f"{flag} {value} conflicts with --additional-config "
+                from real_vllm.integration.startup import StartupError
+
+                raise StartupError(
+                    f"real_vllm: {flag} {value} conflicts with --additional-config "
                     f"{key}={config[key]!r}; give one of them"
                 )
             config[key] = value
@@ -149,6 +156,19 @@ def _hook_engine_config(engine_args_cls) -> None:
 
     @functools.wraps(original)
     def create_engine_config(self, *args, **kwargs):
+        from real_vllm.integration import startup
+
+        try:
+            config = _create_engine_config(self, *args, **kwargs)
+        except ValueError as e:  # ours become StartupError: `real-vllm serve` prints them last, exit 2
+            if str(e).startswith("real_vllm:") and not isinstance(e, startup.StartupError):
+                raise startup.StartupError(str(e)) from None
+            raise
+        startup.check_server(config)
+        startup.refuse_beam_search_with_a_sampler()
+        return config
+
+    def _create_engine_config(self, *args, **kwargs):
         extra = self.additional_config or {}
         sampler = extra.get("sampler", "none")
         needs_early = isinstance(sampler, str) and uses_early_layers(sampler)

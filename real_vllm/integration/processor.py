@@ -30,7 +30,8 @@ from vllm.v1.worker.gpu.sample.logits_processor.interface import (
 
 from real_vllm.integration import observability
 from real_vllm.integration.state import COLUMNS, SlotTable
-from real_vllm.methods import PARAM_PREFIXES, SERVER_KEYS, SAMPLERS, SamplerRequest, edt, parse_sampler_args, real
+from real_vllm.methods import (PARAM_PREFIXES, SERVER_KEYS, SAMPLERS, SamplerRequest, check_vllm_params, edt,
+                              parse_sampler_args, real)
 from real_vllm.thf.retokenize import TextHistory
 from real_vllm.thf.runtime import right_aligned_windows
 
@@ -45,8 +46,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger("real_vllm")
 
 # Set by the plugin when vLLM builds the engine config (in the process that validates requests):
-# no_processors = speculative decoding on the V1 runner, which loads no plugin logits processor.
-SERVED = {"no_processors": False}
+# no_processors = speculative decoding on the V1 runner, which loads no plugin logits processor;
+# defaults = the server-wide sampler settings (server_defaults), which a request falls back on.
+SERVED = {"no_processors": False, "defaults": {}}
 
 def server_defaults(vllm_config: VllmConfig) -> dict[str, Any]:
     """The sampler settings in ``additional_config``, validated (a bad one stops start-up)."""
@@ -84,7 +86,13 @@ class SlotLogitsProcessor(V1LogitsProcessor, V2LogitsProcessor):
 
     @classmethod
     def validate_params(cls, sampling_params: SamplingParams) -> None:
-        request = parse_sampler_args(sampling_params.extra_args)
+        """At admission (a ValueError is HTTP 400): the request's sampler arguments over the
+        server defaults, and vLLM's temperature/top_p/min_p against EDT and REAL."""
+        args = sampling_params.extra_args
+        defaults = SERVED.get("defaults") or {}
+        request = parse_sampler_args(args, defaults)
+        check_vllm_params(request, sampling_params.temperature, sampling_params.top_p, sampling_params.min_p,
+                          from_server="sampler" not in (args or {}) and "sampler" in defaults)
         if SERVED["no_processors"] and request.sampler != "none":
             raise ValueError(f"real_vllm: sampler {request.sampler} is unavailable on this server: vLLM's "
                              "V1 model runner applies no plugin logits processor under speculative decoding")

@@ -39,6 +39,39 @@ def uses_early_layers(sampler: str) -> bool:
     return any(m in EARLY_METHODS for m in SAMPLERS.get(sampler, ()))
 
 
+def _edit_distance(a: str, b: str) -> int:
+    """Optimal string alignment distance: insertions, deletions, substitutions and swaps of
+    two neighbours, one edit each."""
+    prev2, prev = None, list(range(len(b) + 1))
+    for i in range(1, len(a) + 1):
+        row = [i] + [0] * len(b)
+        for j in range(1, len(b) + 1):
+            row[j] = min(prev[j] + 1, row[j - 1] + 1, prev[j - 1] + (a[i - 1] != b[j - 1]))
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                row[j] = min(row[j], prev2[j - 2] + 1)
+        prev2, prev = prev, row
+    return prev[-1]
+
+
+def near_miss(key: str) -> str | None:
+    """The key of ours that ``key`` (not one of ours) is a misspelling of, or None.
+
+    The rule (README, "Parameters"): case, '-' and spaces are ignored, then a key within 2
+    edits (an insertion, a deletion, a substitution or a swap of neighbours each) of one of
+    ours is a near miss; within 1 edit for our names of up to 7 characters (sampler, edt_n,
+    edt_t0, sled_k, real_p0), so that short keys of other plugins ("simple") pass. Keys
+    farther away belong to others.
+    """
+    folded = key.lower().replace("-", "_").replace(" ", "_")
+    best, best_distance = None, None
+    for ours in KNOWN_PARAMS + SERVER_KEYS:
+        limit = 1 if len(ours) <= 7 else 2
+        distance = _edit_distance(folded, ours)
+        if distance <= limit and (best_distance is None or distance < best_distance):
+            best, best_distance = ours, distance
+    return best
+
+
 @dataclass(frozen=True)
 class SamplerRequest:
     """What one request asked for, validated."""
@@ -60,13 +93,20 @@ def parse_sampler_args(
     """Validate a request's sampler arguments over the server defaults.
 
     Raises ValueError naming the offending parameter. Keys without one of our prefixes
-    belong to other logits processors and are left alone; an unknown key with our
-    prefix is almost surely a typo and is refused.
+    belong to other logits processors and are left alone, unless they are a near miss of
+    one of ours (``near_miss``: ``samplr``, ``Sampler``, ``edt-t0``), which is refused
+    naming the key meant; an unknown key with our prefix is almost surely a typo and is
+    refused.
     """
     merged = {**(defaults or {}), **(args or {})}
     for key in merged:
         if key in SERVER_KEYS and args and key in args:
             raise ValueError(f"{key} is a server setting (--{key.replace('_', '-')}), not a request parameter")
+        if isinstance(key, str) and key not in KNOWN_PARAMS + SERVER_KEYS and (meant := near_miss(key)):
+            raise ValueError(
+                f"unknown parameter {key!r}: did you mean {meant!r}? (real_vllm's keys must be "
+                "exact, and another plugin's key must not be 1-2 edits from one of ours)"
+            )
         if isinstance(key, str) and key.startswith(PARAM_PREFIXES) and key not in KNOWN_PARAMS + SERVER_KEYS:
             raise ValueError(f"unknown parameter {key!r}; known: {', '.join(KNOWN_PARAMS)}")
     sampler = merged.get("sampler", "none")
@@ -80,3 +120,40 @@ def parse_sampler_args(
     # Parameters of a method the sampler does not run are still validated (a server
     # default may turn that method on), but only the sampler's own methods are kept.
     return SamplerRequest(sampler, **{m: c for m, c in configs.items() if m in SAMPLERS[sampler]})
+
+
+# vLLM's own sampling parameters that a method replaces, or that vLLM applies on one side of
+# it on one runner and on the other side on the other (V1 runs EDT/REAL after vLLM's
+# temperature and min-p; Model Runner V2 before them): refused with these methods.
+# top_k, and top_p with EDT, compose the same way on both runners (applied after the method).
+_GREEDY = 1e-5  # vLLM's _SAMPLING_EPS: a lower temperature is greedy
+
+
+def check_vllm_params(request: SamplerRequest, temperature: float, top_p: float, min_p: float,
+                      from_server: bool = False) -> None:
+    """Refuse vLLM sampling parameters that EDT or REAL would silently stack with.
+
+    Greedy requests (temperature 0) pass: no method changes the argmax, and vLLM resets
+    top_p and min_p for them. Raises ValueError naming the parameter.
+    """
+    methods = request.methods
+    if temperature < _GREEDY or not ({"edt", "real"} & set(methods)):
+        return
+    whose = f"sampler {request.sampler}" + (" (the server's default)" if from_server else "")
+    opt_out = ('; or send vllm_xargs {"sampler": "none"} for plain vLLM sampling' if from_server else "")
+    if temperature != 1.0:
+        if "edt" in methods:
+            fix = "EDT sets the temperature: use edt_t0 (edt_theta 0 is a fixed temperature edt_t0)"
+        else:
+            fix = (f'for a temperature before REAL\'s nucleus use sampler {request.sampler.replace("real", "edt+real")} '
+                   "with edt_theta 0 and edt_t0 = the temperature")
+        raise ValueError(f"temperature {temperature:g} cannot be combined with {whose}: {fix}; "
+                         f"leave temperature at 1 (or 0, greedy){opt_out}")
+    if "real" in methods and top_p != 1.0:
+        raise ValueError(f"top_p {top_p:g} cannot be combined with {whose}: REAL's nucleus replaces "
+                         "top_p (real_p0 with real_decay_temperature 1e9 is top-p(real_p0)); leave "
+                         f"top_p at 1{opt_out}")
+    if min_p > 0.0:
+        raise ValueError(f"min_p {min_p:g} cannot be combined with {whose}: vLLM applies it before "
+                         "EDT/REAL on its V1 runner and after them on Model Runner V2; leave min_p "
+                         f"at 0{opt_out}")
