@@ -129,15 +129,16 @@ REAL_VLLM_ROW_KERNEL void top_p_row(float* row, int64_t n, float p, Scratch& sc)
     return;
   }
   // Pass 4 with a tie to break: the first n_keep entries equal to tau, in index order, stay.
-  // A counting scan (blocks of kBlock, stopping where the count passes n_keep) finds the index
-  // `cut` of the first tie to drop; then one vectorised mask.
+  // A counting scan (blocks of kScan, stopping where the count passes n_keep) finds the index
+  // `cut` of the first tie to drop; then l >= tau is kept before it and l > tau from it on.
+  constexpr int64_t kScan = 256;
   int64_t cut = n, seen = 0;
-  for (int64_t c0 = 0; c0 < n && cut == n; c0 += kBlock) {
+  for (int64_t c0 = 0; c0 < n && cut == n; c0 += kScan) {
     const float* x = row + c0;
-    const int64_t len = std::min(kBlock, n - c0);
-    int64_t hits = 0;
+    const int64_t len = std::min(kScan, n - c0);
+    int32_t hits = 0;
 #pragma omp simd reduction(+ : hits)
-    for (int64_t i = 0; i < len; ++i) hits += x[i] == tau;
+    for (int64_t i = 0; i < len; ++i) hits += x[i] == tau ? 1 : 0;
     if (seen + hits <= n_keep) {
       seen += hits;
       continue;
@@ -150,10 +151,9 @@ REAL_VLLM_ROW_KERNEL void top_p_row(float* row, int64_t n, float p, Scratch& sc)
     }
   }
 #pragma omp simd
-  for (int64_t i = 0; i < n; ++i) {
-    const float l = row[i];
-    row[i] = (l > tau || (l == tau && i < cut)) ? l : -kInf;
-  }
+  for (int64_t i = 0; i < cut; ++i) row[i] = row[i] >= tau ? row[i] : -kInf;
+#pragma omp simd
+  for (int64_t i = cut; i < n; ++i) row[i] = row[i] > tau ? row[i] : -kInf;
 }
 
 void top_p_mask_(at::Tensor& logits, const at::Tensor& top_p) {
