@@ -2,7 +2,7 @@
 
     real-vllm serve [MODEL] [vllm serve options ...] [--sampler edt]
     real-vllm model                 # folder of the embedded default model (converted once)
-    real-vllm demo                  # serve the default model, compare plain sampling and EDT
+    real-vllm demo                  # one --sampler sled server: greedy, plain, EDT, REAL, SLED; a trace PNG
     real-vllm vs "prompt" -k 5      # Verbalized Sampling: k candidates with probabilities
     real-vllm thf collect|train|eval ...   # the THF pipeline of REAL sampling
     real-vllm trace "prompt" --sampler real   # per token: entropy, asymptote, p_t; a PNG

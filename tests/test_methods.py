@@ -61,7 +61,7 @@ def test_bad_values_name_the_parameter(args, name):
 def test_real_defaults_and_composition():
     from real_vllm.methods.real import REALConfig
 
-    assert REALConfig() == REALConfig(p0=1.0, decay_temperature=2.0)
+    assert REALConfig() == REALConfig(p0=1.0, decay_temperature=4.0)
     req = parse_sampler_args({"sampler": "edt+real", "real_p0": 0.9})
     assert req.methods == ("edt", "real") and req.edt == EDTConfig() and req.real == REALConfig(p0=0.9)
 
