@@ -136,6 +136,21 @@ def _asks_for_help(argv: list[str]) -> bool:
     return any(a in ("-h", "--help") or a.startswith("--help=") for a in argv)
 
 
+def default_model_argv(argv: list[str], model_dir: str) -> list[str]:
+    """The ``vllm serve`` arguments for ``real-vllm serve`` without MODEL: the default model's
+    folder, served as ``SmolLM2-135M-Instruct`` (the name clients see in /v1/models and the
+    metrics' model_name) with its folder as a second accepted name, unless the user named it
+    (--served-model-name, also in a --config file); ``--model PATH`` is the user's model."""
+    from real_vllm.assets import DEFAULT_MODEL_NAME
+
+    given = {_flag_name(a) for a in argv if a.startswith("--")} | {f"--{k}" for k in _config_file_keys(argv)}
+    if "--model" in given:  # vllm serve --model PATH: the user's model
+        return list(argv)
+    if "--served-model-name" in given:
+        return [model_dir, *argv]
+    return [model_dir, *argv, "--served-model-name", DEFAULT_MODEL_NAME, model_dir]
+
+
 def serve(argv: list[str]) -> None:
     """``vllm serve`` with the default model when MODEL is omitted; --sampler comes from
     the plugin, so every vllm serve option works unchanged. On CPU, the KV cache is sized from
@@ -153,7 +168,7 @@ def serve(argv: list[str]) -> None:
     if not argv or argv[0].startswith("-"):
         from real_vllm.assets import default_model_dir
 
-        argv = [str(default_model_dir()), *argv]
+        argv = default_model_argv(argv, str(default_model_dir()))
     _size_cpu_kv_cache(argv)
     from real_vllm.integration.startup import StartupError
 

@@ -2,11 +2,13 @@
 
     real-vllm trace "The capital of France is" --sampler real [--png trace.png]
 
-Generates through vLLM with the chosen sampler, then recomputes, for every generated token,
+Generates through vLLM with the chosen sampler (the prompt completed as text; --chat sends it
+as a user message through the chat template), then recomputes, for every generated token,
 the figures the sampler used at that step: the LLM's entropy H (nats, raw logits), and for
 REAL the THF's predicted asymptotic entropy c, the residual entropy d = E(s_ref) - c and
 the threshold p_t = min(1, p0 exp(-d / decay)) (the same windows and THF as the processor);
-for EDT the temperature T. Prints one coloured row per token and writes a PNG.
+for EDT the temperature T. Prints one coloured row per token and writes a PNG (one panel each for the entropies,
+p_t on [0, 1] and T; the title names the prompt and every parameter).
 """
 
 from __future__ import annotations
@@ -35,10 +37,10 @@ def generate(model: str, prompt: str, xargs: dict, args) -> tuple[list[int], lis
     llm = LLM(model=model, dtype="float32", enforce_eager=True, max_model_len=2048, seed=0, additional_config=extra)
     params = SamplingParams(temperature=1.0, seed=args.seed, max_tokens=args.max_tokens, extra_args=xargs)
     try:
-        if args.raw:
-            out = llm.generate([prompt], params, use_tqdm=False)[0]
-        else:
+        if args.chat:
             out = llm.chat([{"role": "user", "content": prompt}], params, use_tqdm=False)[0]
+        else:
+            out = llm.generate([prompt], params, use_tqdm=False)[0]
     finally:
         llm.llm_engine.engine_core.shutdown()
     return list(out.prompt_token_ids), list(out.outputs[0].token_ids)
@@ -94,31 +96,55 @@ def print_rows(tokens: list[str], figures: dict, colour: bool) -> None:
         print(line)
 
 
-def plot(tokens: list[str], figures: dict, path: str, title: str) -> None:
-    import matplotlib
+# What each plotted series is (the legend) and the panel it goes to.
+ENTROPY_SERIES = {"entropy": "LLM entropy H", "asymptote": "THF asymptotic entropy c", "residual": "residual entropy d = E(s_ref) - c"}
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(max(8, 0.28 * len(tokens)), 4.5))
-    x = range(len(tokens))
-    labels = {"entropy": "LLM entropy H", "asymptote": "asymptotic entropy c", "residual": "residual entropy d"}
-    for key, label in labels.items():
-        if key in figures:
-            ax.plot(x, figures[key], marker=".", label=label)
-    ax.set_ylabel("nats")
-    ax.set_xticks(list(x))
-    ax.set_xticklabels(tokens, rotation=90, fontsize=7)
-    right = ax.twinx()
-    for key, label, style in (("threshold", "p_t (REAL)", "k--"), ("temperature", "T (EDT)", "m:")):
-        if key in figures:
-            right.plot(x, figures[key], style, label=label)
-    right.set_ylabel("p_t / T")
-    lines = ax.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
-    ax.legend(lines, [ln.get_label() for ln in lines], fontsize=8, loc="upper right")
-    ax.set_title(title)
+def describe(prompt: str, xargs: dict, args) -> str:
+    """The plot's title: the prompt, how it was sent, the sampler with every parameter (defaults
+    filled in), the seed and the token budget."""
+    request = parse_sampler_args(xargs)
+    params = []
+    for config in (request.edt, request.real):
+        if config is not None:
+            params += [f"{key}={getattr(config, field):g}" for key, field in config.PARAMS.items()]
+    mode = "chat template" if args.chat else "raw completion"
+    return (f"real-vllm trace {prompt!r} ({mode})\n"
+            f"sampler {request.sampler}: {', '.join(params)}; seed {args.seed}, max_tokens {args.max_tokens}")
+
+
+def plot(tokens: list[str], figures: dict, path: str, title: str):
+    """One panel per kind of figure, x = the generated tokens: the entropies (nats), REAL's p_t
+    (on [0, 1]) and EDT's T; writes ``path`` and returns the matplotlib Figure."""
+    from matplotlib.figure import Figure
+
+    panels = ["entropy"] + [k for k in ("threshold", "temperature") if k in figures]
+    fig = Figure(figsize=(max(8, 0.28 * len(tokens)), 2.6 + 2.0 * len(panels)))
+    axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
+    x = list(range(len(tokens)))
+    for ax, panel in zip(axes, panels):
+        if panel == "entropy":
+            for key, label in ENTROPY_SERIES.items():
+                if key in figures:
+                    ax.plot(x, figures[key], marker=".", label=label)
+            ax.set_ylabel("entropy (nats)")
+            ax.legend(fontsize=8, loc="upper right")
+        elif panel == "threshold":
+            ax.plot(x, figures["threshold"], "k.--", label="REAL's threshold p_t")
+            ax.set_ylim(0.0, 1.0)
+            ax.set_ylabel("REAL threshold p_t")
+        else:
+            ax.plot(x, figures["temperature"], "m.:", label="EDT's temperature T")
+            ax.set_ylim(0.0, 1.05 * max(figures["temperature"], default=1.0))
+            ax.set_ylabel("EDT temperature T")
+        ax.grid(alpha=0.3)
+    axes[0].set_title(title, fontsize=9)
+    axes[-1].set_xticks(x)
+    axes[-1].set_xticklabels(tokens, rotation=90, fontsize=7)
+    axes[-1].set_xlabel("generated token")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    return fig
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -130,7 +156,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--thf", help="THF checkpoint (default: --real-thf's defaults: $REAL_VLLM_THF or the shipped one)")
     parser.add_argument("--max-tokens", type=int, default=48)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--raw", action="store_true", help="complete the prompt as text, without the chat template")
+    how = parser.add_mutually_exclusive_group()
+    how.add_argument("--raw", action="store_true", help="complete the prompt as text (the default)")
+    how.add_argument("--chat", action="store_true", help="send the prompt as a user message through the model's chat template")
     parser.add_argument("--png", default="trace.png")
     parser.add_argument("--no-color", action="store_true")
     args = parser.parse_args(argv)
@@ -153,7 +181,7 @@ def main(argv: list[str] | None = None) -> None:
     tokens = [tokenizer.decode([t]) for t in output_ids]
     print(f"text: {tokenizer.decode(output_ids)!r}\n")
     print_rows(tokens, figures, colour=sys.stdout.isatty() and not args.no_color)
-    plot(tokens, figures, args.png, f"real-vllm trace, sampler {args.sampler}")
+    plot(tokens, figures, args.png, describe(args.prompt, xargs, args))
     print(f"\nwrote {args.png}")
 
 
