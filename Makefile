@@ -9,6 +9,8 @@ VENV ?= .venv
 PIP_EXTRA_INDEX ?=
 TORCH_VERSION := 2.13.0
 VLLM_VERSION := 0.32.0
+# Beside the venv, for tests only: transformers 4.46.3 (DoLa as its authors ran it).
+TF_DOLA_DIR := $(VENV)/transformers-4.46.3
 
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
@@ -24,8 +26,15 @@ demo: $(VENV)/.installed
 
 # The benchmark smoke run and the GPU compile check go first so that pytest's summary is the
 # last line.
-test: $(VENV)/.installed bench-quick gpu-compile
+test: $(VENV)/.installed $(TF_DOLA_DIR)/.installed bench-quick gpu-compile
 	$(PYTEST)
+
+# DoLa as its authors' code computes it: transformers 4.46.3 (a release that still has
+# generate(dola_layers=...)) beside the venv, never in it (the venv's transformers is 5.x);
+# tests/test_dola_authors.py runs it in a subprocess.
+$(TF_DOLA_DIR)/.installed: | $(VENV)/.installed
+	$(PIP) install --quiet --no-deps --target $(TF_DOLA_DIR) "transformers==4.46.3" "tokenizers==0.20.3" "huggingface_hub==0.26.5"
+	touch $@
 
 # Every Triton kernel the ops launch, compiled (not launched) for sm_80/sm_90/sm_100 at serving
 # shapes with Triton's real compiler, under the CPU venv's Triton and under the one vLLM 0.32's

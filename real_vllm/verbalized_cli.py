@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float,
                    help="sampling temperature (default 0.8; 1.0 with --sampler, whose methods set their own)")
     p.add_argument("--top-p", type=float, default=1.0, help="default %(default)s")
-    p.add_argument("--sampler", help="decoding sampler on the server, sent as vllm_xargs (e.g. edt)")
+    p.add_argument("--sampler", help="decoding sampler on the server, sent as vllm_xargs (e.g. edt; default "
+                                     "none: plain sampling at --temperature, whatever the server's default)")
     p.add_argument("--xarg", type=_xarg, action="append", default=[], metavar="KEY=VALUE",
                    help="more vllm_xargs for the sampler, e.g. --xarg edt_t0=0.7 (repeatable)")
     p.add_argument("--draw", choices=vs.WEIGHT_MODES, default="weight",
@@ -75,15 +76,15 @@ def run(args: argparse.Namespace, base_url: str) -> dict:
 
     client = OpenAI(base_url=base_url, api_key=args.api_key, max_retries=0, timeout=args.timeout)
     model = args.model if args.base_url and args.model else client.models.list().data[0].id
-    sampler_args = dict(args.xarg)
-    if args.sampler:
-        sampler_args["sampler"] = args.sampler
+    # Always named: a server default such as EDT or REAL refuses a temperature of its own (HTTP
+    # 400) and would otherwise change VS's plain sampling.
+    sampler_args = {"sampler": args.sampler or "none", **dict(args.xarg)}
     # A sampler such as EDT replaces vLLM's temperature; another one on top would multiply in.
     temperature = args.temperature if args.temperature is not None else (1.0 if args.sampler else 0.8)
     dist = vs.generate_openai(
         client, model, args.prompt, method=args.method, k=args.k, tau=args.tau, m=args.m,
         temperature=temperature, top_p=args.top_p, seed=args.seed, max_tokens=args.max_tokens,
-        max_text_chars=args.max_text_chars, sampler_args=sampler_args or None, structured=args.structured,
+        max_text_chars=args.max_text_chars, sampler_args=sampler_args, structured=args.structured,
         min_probability=args.min_probability, min_k_survivors=args.min_k_survivors,
     )
     index = dist.sample_index(args.seed, args.draw)
