@@ -88,8 +88,8 @@ def main(argv: list[str] | None = None) -> None:
         out = Path(args.out) if args.out else demo_dir()
         out.mkdir(parents=True, exist_ok=True)
         png = out / "trace_real.png"
-        print(f"\nreal-vllm trace {TRACE_PROMPT!r} --raw --sampler real --xargs '{TRACE_XARGS}' ...")
-        cmd = [sys.executable, "-m", "real_vllm.cli", "trace", TRACE_PROMPT, "--raw", "--sampler", "real",
+        print(f"\nreal-vllm trace {TRACE_PROMPT!r} --sampler real --xargs '{TRACE_XARGS}' ...")
+        cmd = [sys.executable, "-m", "real_vllm.cli", "trace", TRACE_PROMPT, "--sampler", "real",
                "--xargs", TRACE_XARGS, "--max-tokens", "24", "--seed", str(args.seed), "--png", str(png), "--no-color"]
         if args.model:
             cmd += ["--model", args.model]

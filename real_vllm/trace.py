@@ -156,9 +156,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--thf", help="THF checkpoint (default: --real-thf's defaults: $REAL_VLLM_THF or the shipped one)")
     parser.add_argument("--max-tokens", type=int, default=48)
     parser.add_argument("--seed", type=int, default=0)
-    how = parser.add_mutually_exclusive_group()
-    how.add_argument("--raw", action="store_true", help="complete the prompt as text (the default)")
-    how.add_argument("--chat", action="store_true", help="send the prompt as a user message through the model's chat template")
+    parser.add_argument("--chat", action="store_true",
+                        help="send the prompt as a user message through the model's chat template (default: "
+                             "complete it as text)")
     parser.add_argument("--png", default="trace.png")
     parser.add_argument("--no-color", action="store_true")
     args = parser.parse_args(argv)

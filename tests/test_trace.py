@@ -34,7 +34,7 @@ def test_trace_prints_every_token_and_writes_a_png(tiny_model_dir, tmp_path, cap
     monkeypatch.setattr(trace, "plot", plot_spy)
     with engine_env():
         trace.main(["The module", "--sampler", "edt+real", "--xargs", '{"real_p0": 0.9, "real_decay_temperature": 0.5}',
-                    "--model", str(tiny_model_dir), "--thf", str(thf), "--max-tokens", "10", "--raw",
+                    "--model", str(tiny_model_dir), "--thf", str(thf), "--max-tokens", "10",
                     "--png", str(png), "--no-color"])
     out = capsys.readouterr().out
     assert png.stat().st_size > 0
