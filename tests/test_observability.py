@@ -3,6 +3,7 @@ of a live `real-vllm serve` (EDT default, a tiny THF for REAL); the device histo
 processor without an engine."""
 
 import re
+import tempfile
 import time
 import urllib.request
 from types import SimpleNamespace
@@ -68,7 +69,11 @@ def served(tiny_model_dir, tmp_path_factory):
     from tests.thf_fixtures import build_tiny_thf
 
     thf = build_tiny_thf(tmp_path_factory.mktemp("thf") / "tiny-thf", tiny_model_dir)
-    with LocalServer(tiny_model_dir, ["--sampler", "edt", "--real-thf", str(thf), "--max-num-seqs", "8"]) as s:
+    # A metrics folder inherited from a process that loaded the plugin before (as pytest's own,
+    # once an in-process engine ran): the server must still read a folder of its own.
+    stale = tempfile.mkdtemp(prefix="stale_metrics_")
+    with LocalServer(tiny_model_dir, ["--sampler", "edt", "--real-thf", str(thf), "--max-num-seqs", "8"],
+                     env={"REAL_VLLM_METRICS_DIR": stale}) as s:
         yield s, thf
 
 

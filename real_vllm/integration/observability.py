@@ -104,11 +104,15 @@ def metrics_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get(ENV_DIR) or None
 
 
-def setup_metrics_dir() -> None:
+def setup_metrics_dir(front_end: bool = False) -> None:
     """In the first process that loads the plugin: make the folder its children write to and
-    read it into prometheus_client's default registry (vLLM's /metrics with one API server)."""
+    read it into prometheus_client's default registry (vLLM's /metrics with one API server).
+
+    ``front_end``: this process serves /metrics (``vllm serve``'s API server, which parses the
+    CLI): it reads a folder of its own even where it inherited another's $REAL_VLLM_METRICS_DIR
+    (a script or test that loaded the plugin, then started a server as a child process)."""
     global _collector
-    if os.environ.get(ENV_DIR) or _collector is not None:
+    if _collector is not None or (os.environ.get(ENV_DIR) and not front_end):
         return
     from prometheus_client import REGISTRY
     from prometheus_client.multiprocess import MultiProcessCollector

@@ -112,6 +112,9 @@ def _add_sampler_flag(engine_args_cls) -> None:
     @functools.wraps(original_from)
     def from_cli_args(cls, args):
         engine_args = original_from(cls, args)
+        from real_vllm.integration import observability
+
+        observability.setup_metrics_dir(front_end=True)  # this process serves /metrics
         config = dict(engine_args.additional_config or {})
         for flag, key in (
             ("--sampler", "sampler"),
