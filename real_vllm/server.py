@@ -67,8 +67,14 @@ class LocalServer:
     def _wait_healthy(self) -> None:
         from tqdm import tqdm
 
-        deadline = time.monotonic() + self.startup_timeout
-        bar = tqdm(desc="starting vLLM server", unit="s", disable=not self.progress)
+        start = time.monotonic()
+        deadline = start + self.startup_timeout
+        # A live bar on a terminal; elsewhere (CI logs, pipes) one line now and one when it is up,
+        # not a carriage-return stream that reads as one endless line.
+        live = self.progress and sys.stderr.isatty()
+        if self.progress and not live:
+            print(f"starting vLLM server (log: {self.log_path}) ...", file=sys.stderr, flush=True)
+        bar = tqdm(desc="starting vLLM server", unit="s", disable=not live)
         try:
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
@@ -78,6 +84,9 @@ class LocalServer:
                 try:
                     with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as r:
                         if r.status == 200:
+                            if self.progress and not live:
+                                print(f"vLLM server up after {time.monotonic() - start:.0f} s", file=sys.stderr,
+                                      flush=True)
                             return
                 except OSError:
                     pass
