@@ -3,7 +3,6 @@ and V2 slots, each row against the reference ops."""
 
 from types import SimpleNamespace
 
-import numpy as np
 import torch
 from vllm import SamplingParams
 from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality

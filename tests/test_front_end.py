@@ -14,7 +14,7 @@ from vllm import SamplingParams
 import real_vllm.integration.plugin as plugin
 from real_vllm import cli
 from real_vllm.integration import processor, startup
-from real_vllm.methods import SamplerRequest, check_vllm_params, near_miss, parse_sampler_args
+from real_vllm.methods import check_vllm_params, near_miss, parse_sampler_args
 
 plugin.register()
 GiB = 1 << 30

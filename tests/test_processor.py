@@ -3,7 +3,6 @@ against the reference op, mixed with plain rows, requests joining and leaving.""
 
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
 from vllm import SamplingParams

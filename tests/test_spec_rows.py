@@ -6,7 +6,6 @@ before it included); placeholders never reach the THF, in MRV2 and in V1's async
 import numpy as np
 import pytest
 import torch
-from vllm import SamplingParams
 from vllm.v1.sample.logits_processor import BatchUpdate
 
 from real_vllm import reference
@@ -43,7 +42,7 @@ def step(mrv2, params, rng, layout=LAYOUT):
 
 def test_edt_every_draft_row_gets_its_request_temperature():
     mrv2 = MRV2(num_speculative_steps=3)
-    proc = mrv2.build(RealVllmLogitsProcessor, config())
+    mrv2.build(RealVllmLogitsProcessor, config())
     params = {"a": edt(edt_t0=0.6, edt_theta=1.5), "b": PLAIN, "c": edt(edt_n=0.3), "d": PLAIN, "e": edt(edt_t0=1.3)}
     ctx, rows = step(mrv2, params, np.random.default_rng(0))
     x = torch.randn(len(rows), VOCAB) * 3
