@@ -30,7 +30,8 @@ import torch
 from tqdm import tqdm
 
 import real_vllm.ops as ops
-from benchmarks.common import RESULTS, machine_name, median_ms, write_csv
+from benchmarks.common import RESULTS
+from real_vllm.utils import machine_name, median_ms, write_csv
 from real_vllm import reference
 
 BATCHES = (1, 8, 64, 256)

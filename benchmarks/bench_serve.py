@@ -31,7 +31,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from benchmarks.common import RESULTS, machine_name, write_csv
+from benchmarks.common import RESULTS
+from real_vllm.utils import machine_name, write_csv
 
 # name -> (extra `vllm bench serve` options, vllm_xargs)
 CONFIGS = {

@@ -41,7 +41,8 @@ import torch
 from tqdm import tqdm
 
 from benchmarks.bench_serve import serve_rows
-from benchmarks.common import RESULTS, machine_name, median_ms, write_csv
+from benchmarks.common import RESULTS
+from real_vllm.utils import machine_name, median_ms, write_csv
 
 LAYER_COUNTS = (1, 4, 8, "all")
 QUICK_LAYER_COUNTS = (1,)

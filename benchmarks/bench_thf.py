@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import RESULTS, machine_name, median_ms, write_csv
+from benchmarks.common import RESULTS
+from real_vllm.utils import machine_name, median_ms, write_csv
 
 PROMPT_TOKENS = 64
 

@@ -212,7 +212,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     archs = [int(a) for a in args.arch.split(",")]
     rows, failures = compile_all(archs, args.quick)
-    from benchmarks.common import write_csv
+    from real_vllm.utils import write_csv
 
     out = Path(args.out) if args.out else RESULTS / f"gpu_compile_triton-{triton.__version__}{'_quick' if args.quick else ''}.csv"
     write_csv(out, rows)

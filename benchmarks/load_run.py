@@ -31,7 +31,8 @@ import urllib.request
 from pathlib import Path
 
 from benchmarks.bench_serve import bench
-from benchmarks.common import RESULTS, machine_name, write_csv
+from benchmarks.common import RESULTS
+from real_vllm.utils import machine_name, write_csv
 
 MIX = {
     "none": {"sampler": "none"},

@@ -36,7 +36,8 @@ import time
 
 from tqdm import tqdm
 
-from benchmarks.common import RESULTS, machine_name, write_csv
+from benchmarks.common import RESULTS
+from real_vllm.utils import machine_name, write_csv
 # The metrics are shared with the quality benchmark (real-vllm eval).
 from real_vllm.quality.metrics import WORD, Embedder, distinct_n, self_similarity
 

@@ -16,8 +16,9 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
+
+from real_vllm.utils import install_folder, match_plain_mode
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 
@@ -80,7 +81,7 @@ def default_model_dir(progress: bool = True) -> Path:
     try:
         _convert(gguf_path, tmp, progress=progress)
         _write_json(tmp / _STAMP_FILE, _stamp(gguf_path))
-        _match_umask(tmp)
+        match_plain_mode(tmp)
         install_folder(tmp, target, _is_complete)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -129,30 +130,6 @@ def _remove_abandoned(target: Path) -> None:
                 shutil.rmtree(leftover, ignore_errors=True)
         except OSError:
             pass
-
-
-def _match_umask(folder: Path) -> None:
-    """Give every file the mode a plain open() got (safetensors writes 0600 files), so a shared cache stays readable."""
-    mode = (folder / _STAMP_FILE).stat().st_mode & 0o777
-    for path in folder.iterdir():
-        path.chmod(mode)
-
-
-def install_folder(tmp: Path, target: Path, is_complete: Callable[[Path], bool]) -> None:
-    """Move a finished folder into place with one rename, so readers never see half of it."""
-    if target.exists():
-        if is_complete(target):  # another process finished first
-            return
-        # A stale or foreign folder: move it aside (atomic) before deleting, then take its place.
-        stale = target.parent / f".{target.name}.stale-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        os.replace(target, stale)
-        shutil.rmtree(stale, ignore_errors=True)
-    try:
-        os.rename(tmp, target)
-    except OSError:
-        # Lost a race with another writer; accept its folder only if it is complete.
-        if not is_complete(target):
-            raise
 
 
 def _field(reader, key: str, default=None):

@@ -22,7 +22,7 @@ import sys
 import uuid
 from pathlib import Path
 
-from real_vllm.assets import install_folder
+from real_vllm.utils import install_folder
 
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 HEAD_DIM = 32  # smallest head size vLLM's CPU attention backend accepts
