@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
 
         demo_main(rest)
     elif command == "vs":
-        from real_vllm.verbalized_cli import main as vs_main
+        from real_vllm.verbalized.cli import main as vs_main
 
         vs_main(rest)
     elif command == "trace":

@@ -99,7 +99,7 @@ def test_a_bad_sampler_argument_is_reported_not_swallowed(client, model):
 
 
 def test_the_cli_prints_k_candidates_and_the_draw(server, capsys):
-    from real_vllm.verbalized_cli import main
+    from real_vllm.verbalized.cli import main
 
     main(["Write a haiku.", "-k", "3", "--seed", "2", "--base-url", server.base_url, "--json",
           "--max-text-chars", "16"])

@@ -15,8 +15,19 @@ import json
 import math
 import os
 import sys
+import textwrap
 
 from real_vllm import verbalized as vs
+
+# A sampler such as EDT replaces vLLM's temperature; another one on top would multiply in, so
+# vLLM's stays neutral under --sampler.
+SAMPLER_TEMPERATURE = 1.0
+DEFAULT_TIMEOUT_S = 600.0
+# The local server's context: k = 5 candidates of up to 300 characters plus the prompt fit.
+LOCAL_MAX_MODEL_LEN = 4096
+# The candidates table: text wrapped at this width, continuation lines indented this far.
+TABLE_WIDTH = 88
+_WRAP_INDENT = 22
 
 
 def _probability(text: str) -> float:
@@ -46,8 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-m", "--per-turn", type=int, dest="m", help="VS-Multi: candidates per turn (default ceil(k/2))")
     p.add_argument("--seed", type=int, default=0, help="seeds the generation and the draw (default %(default)s)")
     p.add_argument("--temperature", type=float,
-                   help="sampling temperature (default 0.8; 1.0 with --sampler, whose methods set their own)")
-    p.add_argument("--top-p", type=float, default=1.0, help="default %(default)s")
+                   help=f"sampling temperature (default {vs.DEFAULT_TEMPERATURE}; {SAMPLER_TEMPERATURE} with "
+                        "--sampler, whose methods set their own)")
+    p.add_argument("--top-p", type=float, default=vs.DEFAULT_TOP_P, help="default %(default)s")
     p.add_argument("--sampler", help="decoding sampler on the server, sent as vllm_xargs (e.g. edt; default "
                                      "none: plain sampling at --temperature, whatever the server's default)")
     p.add_argument("--xarg", type=_xarg, action="append", default=[], metavar="KEY=VALUE",
@@ -66,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="with --base-url: the served model name (default: the server's first); "
                                    "without: the model folder to serve (default: the embedded SmolLM2-135M-Instruct)")
     p.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY", "unused"), help="default $OPENAI_API_KEY")
-    p.add_argument("--timeout", type=float, default=600.0, help="seconds per request (default %(default)s)")
+    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds per request (default %(default)s)")
     p.add_argument("--json", action="store_true", help="print the distribution and the draw as JSON")
     return p
 
@@ -79,8 +91,10 @@ def run(args: argparse.Namespace, base_url: str) -> dict:
     # Always named: a server default such as EDT or REAL refuses a temperature of its own (HTTP
     # 400) and would otherwise change VS's plain sampling.
     sampler_args = {"sampler": args.sampler or "none", **dict(args.xarg)}
-    # A sampler such as EDT replaces vLLM's temperature; another one on top would multiply in.
-    temperature = args.temperature if args.temperature is not None else (1.0 if args.sampler else 0.8)
+    if args.temperature is not None:
+        temperature = args.temperature
+    else:
+        temperature = SAMPLER_TEMPERATURE if args.sampler else vs.DEFAULT_TEMPERATURE
     dist = vs.generate_openai(
         client, model, args.prompt, method=args.method, k=args.k, tau=args.tau, m=args.m,
         temperature=temperature, top_p=args.top_p, seed=args.seed, max_tokens=args.max_tokens,
@@ -90,6 +104,23 @@ def run(args: argparse.Namespace, base_url: str) -> dict:
     index = dist.sample_index(args.seed, args.draw)
     return {"prompt": args.prompt, "distribution": dist,
             "draw": {"index": index, "seed": args.seed, "mode": args.draw, **dist.items[index].to_dict()}}
+
+
+def candidates_table(dist: vs.Distribution, drawn: int | None = None, width: int = TABLE_WIDTH) -> str:
+    """A readable table of the candidates, the drawn one marked."""
+    lines = [f"{'':2}{'#':>2}  {'prob':>6}  {'stated':>8}  text", "-" * (width + _WRAP_INDENT)]
+    for i, it in enumerate(dist.items):
+        if it.stated is None:
+            stated = "-"
+        elif isinstance(it.stated, (int, float)) and not isinstance(it.stated, bool):
+            stated = f"{it.stated:g}"
+        else:
+            stated = str(it.stated)
+        wrapped = textwrap.wrap(" ".join(it.text.split()), width) or [""]
+        mark = "->" if i == drawn else ""
+        lines.append(f"{mark:2}{i + 1:>2}  {it.probability:6.3f}  {stated[:8]:>8}  {wrapped[0]}")
+        lines += [f"{'':{_WRAP_INDENT}}{line}" for line in wrapped[1:]]
+    return "\n".join(lines)
 
 
 def print_result(result: dict, as_json: bool) -> None:
@@ -106,7 +137,7 @@ def print_result(result: dict, as_json: bool) -> None:
     if dist.reasoning:
         print(f"reasoning: {' '.join(dist.reasoning.split())}")
     print()
-    print(vs.candidates_table(dist, drawn=result["draw"]["index"]))
+    print(candidates_table(dist, drawn=result["draw"]["index"]))
     print()
     draw = result["draw"]
     print(f"drawn (seed {draw['seed']}, {draw['mode']}): #{draw['index'] + 1}, p = {draw['probability']:.3f}")
@@ -142,8 +173,7 @@ def main(argv: list[str] | None = None) -> None:
 
             model = args.model or str(default_model_dir())
             print(f"starting a vLLM server for {model} ...", file=sys.stderr)
-            # 4096 tokens of context: k = 5 candidates of up to 300 characters plus the prompt fit.
-            with LocalServer(model, ["--max-model-len", "4096"], progress=True) as server:
+            with LocalServer(model, ["--max-model-len", str(LOCAL_MAX_MODEL_LEN)], progress=True) as server:
                 result = run(args, server.base_url)
     except (vs.VSParseError, vs.VSServerError) as e:
         print(f"real-vllm vs: {type(e).__name__}: {e}", file=sys.stderr)
