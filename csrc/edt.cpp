@@ -1,4 +1,4 @@
-// EDT, entropy-based dynamic temperature (arXiv 2403.14541; ALGORITHMS.md §1):
+// EDT, entropy-based dynamic temperature (arXiv 2403.14541; docs/algorithms.md §1):
 //   T = t0 * max(n ** (theta / H), min_scale),   l' = l / T.
 // edt_temperature returns T per row. apply_edt_ is the fused sampler step: per row, the
 // entropy kernel reads the row once, then the temperature kernel divides it by T while it

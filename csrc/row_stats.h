@@ -122,7 +122,7 @@ struct SoftmaxStats {
   bool finite = true;   // false when the row holds a NaN or +inf (softmax undefined)
 };
 
-// One read of the row (ALGORITHMS.md §1). The row streams through in L1-sized chunks: each
+// One read of the row (docs/algorithms.md §1). The row streams through in L1-sized chunks: each
 // chunk's max is found first, then its terms are summed against the running max, so the
 // exps vectorise. When the running max rises from m to m', the sums are moved onto m':
 // z <- e^(m-m') z and s <- e^(m-m') (s + z (m - m')).

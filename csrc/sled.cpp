@@ -1,12 +1,11 @@
-// SLED, Self Logits Evolution Decoding (Zhang et al., arXiv 2411.02433; ALGORITHMS.md §3), in
-// two streaming steps so that early-layer logits are never held for the whole vocabulary:
+// SLED, Self Logits Evolution Decoding (Zhang et al., arXiv 2411.02433; docs/algorithms.md §4),
+// in two streaming steps so that early-layer logits are never held for the whole vocabulary:
 //
-//   sled_stats_: merge one vocabulary chunk of the early logits [L, B, C] into per-(layer, row)
-//     statistics against the final logits x:  m = max l_n, z = sum e^(l_n - m),
-//     a = sum (l_n - x) e^(l_n - m), s = sum e^(2 (l_n - m)), dd = sum (l_n - x)^2
-//     (masked tokens, x = -inf, are left out of a and dd), and pick up l_n at the candidates;
-//   sled_finish_: the cosines c_{n,i} = cos(l_n - x, p_n - e_i) from those scalars, P_latent,
-//     and the evolution of each row in place.
+//   sled_stats_: merge one vocabulary chunk of the early logits [L, B, C] into the per-(layer,
+//     row) stats m, z, a, s, dd of §4.2 against the final logits x, and pick up l_n at the
+//     candidates;
+//   sled_finish_: the cosines from those scalars, P_latent, and the evolution of each row in
+//     place (§4.1).
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 

@@ -1,12 +1,8 @@
 // top_p_mask_(logits, top_p): set every logit outside its row's nucleus to -inf, in place.
 //
-// The nucleus (REAL, arXiv 2406.07735, samples from it with a per-step p, ALGORITHMS.md
-// §2.2 step 5) keeps the smallest set of most probable tokens whose mass reaches p. Tokens
-// rank by logit, highest first, and among equal logits by index, lowest first (the order of
-// vLLM's Triton top-p kernels and of argmax). With Z the softmax normaliser and
-// target = p Z, tau is the largest logit v with mass{l >= v} >= target (the crossing token's
-// value); every l > tau is kept and, of the tokens equal to tau, the n lowest indices, n the
-// least count with mass{l > tau} + n e^(tau - m) >= target. The top-1 always is kept.
+// The nucleus of docs/algorithms.md §3 (REAL samples from it with a per-step p, §2.2): found
+// through tau, the crossing token's logit, with target = p Z: every l > tau is kept and, of the
+// entries equal to tau, the n lowest indices (n from the mass above tau).
 // Sort-free: instead of sorting the vocabulary, per row
 //   1. one read for the max m and the smallest finite logit;
 //   2. one read computing exp(l - m) into a histogram of mass over linear buckets of

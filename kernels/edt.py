@@ -1,4 +1,5 @@
-"""EDT, entropy-based dynamic temperature (arXiv 2403.14541): T = t0 * max(n ** (theta / H), min_scale).
+"""EDT, entropy-based dynamic temperature (arXiv 2403.14541; docs/algorithms.md §1):
+T = t0 * max(n ** (theta / H), min_scale).
 
 ``edt_temperature``: one program per row, one read (the row statistics of row_stats).
 ``apply_edt_``: one fused kernel, one program per row: the stats pass (one read), then the

@@ -1,23 +1,18 @@
 """SLED, Self Logits Evolution Decoding (Zhang et al., arXiv 2411.02433), streamed over the vocabulary.
 
-SLED needs, per early layer n and row, only five numbers over the vocabulary and l_n at the
-k candidates (ALGORITHMS.md §3; real_vllm.ops, "SLED, DoLa"):
-  m = max l_n, z = sum e^(l_n - m), a = sum (l_n - l_N) e^(l_n - m), s = sum e^(2 (l_n - m)),
-  dd = sum (l_n - l_N)^2   (a and dd over the tokens where l_N is finite only).
+The per-(layer, row) stats m, z, a, s, dd and the cosines from them are docs/algorithms.md §4.2.
 
 ``sled_stats_``: one program per (layer, row), one read of a chunk of early logits
 [L, B, C] (columns offset..offset + C - 1), merged into the running stats [5, L, B] as an
 online softmax. Each of the BLOCK lanes keeps its own (m, z, a, s) with one exp per element
-(row_stats' rule: when a lane's max rises from m to e, t = e^(m - e) scales the old sums;
-else t = e^(e - m) weighs the new term), merged across lanes and into the stats at the end.
-The same program copies l_n at the candidates that fall inside the chunk.
+(§4.2's element rule), merged across lanes and into the stats at the end. The same program
+copies l_n at the candidates that fall inside the chunk.
 
-``sled_finish_``: one program per row: logZ of l_N (row_stats), the cosine weights
-  cos_{n,i} = (a/z - (l_n - l_N)_i) / sqrt(dd (s/z^2 - 2 p_n(i) + 1)),  w = max(cos, 0)^2,
-then l'(i) = l_N(i) - alpha (softmax(l_N)(i) - sum_n w_{n,i} / sum_{n,j} w_{n,j}) (these L * k
-scalars in float64, as the C++ backend does: s/z^2 - 2 p + 1 cancels where p_n(i) nears 1) into a
-scratch row, then the row is overwritten (finite -> lower_bound, -inf stays) and the new
-candidate values are scattered in. Rows with count 0 (NaN, +inf, nothing finite) are untouched.
+``sled_finish_``: one program per row: logZ of l_N (row_stats), the L * k cosine weights and
+the evolved candidate values in float64 (as the C++ backend: s/z^2 - 2 p + 1 cancels where
+p_n(i) nears 1) into a scratch row, then the row is overwritten (finite -> lower_bound, -inf
+stays) and the new candidate values are scattered in. Rows with count 0 (NaN, +inf, nothing
+finite) are untouched (§7).
 """
 
 from typing import NamedTuple

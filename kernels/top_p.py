@@ -1,13 +1,7 @@
 """Top-p (nucleus) mask in place, sort-free: -inf outside each row's nucleus.
 
-REAL sampling (arXiv 2406.07735) ends in this nucleus (ALGORITHMS.md §2.2 step 5): the
-smallest set of most probable tokens whose mass reaches p. Tokens rank by logit, highest
-first, and among equal logits by index, lowest first (the order vLLM's Triton top-p kernels
-keep, and argmax's). With m the max, Z the normaliser and tau the largest logit v with
-F(v) = sum_{l >= v} e^(l - m) >= p Z (the crossing token's value), the nucleus is every
-l > tau and, of the entries equal to tau, the n lowest indices, n the least count with
-F(> tau) + n e^(tau - m) >= p Z; the top-1 token always is kept. p >= 1, rows with a NaN or
-+inf and all -inf rows are left unchanged.
+The nucleus of docs/algorithms.md §3 (REAL ends in it, §2.2), found through tau, the crossing
+token's logit, and F(v) = sum_{l >= v} e^(l - m) as stated there; non-finite rows: §7.
 
 One program per row:
   1. a stats pass (row_stats: max m, normaliser Z, least finite entry);

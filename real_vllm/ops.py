@@ -21,7 +21,8 @@ Backends: ``reference`` (pure torch, :mod:`real_vllm.reference`), ``cpu`` (C++ o
 ``real_vllm._C``), ``triton`` (``real_vllm.kernels``; on CPU tensors only under
 ``TRITON_INTERPRET=1``), ``cuda`` (no CUDA-only kernels ship yet: the Triton kernels serve
 GPUs) and ``auto``: triton on GPU tensors, cpu on CPU tensors, reference when neither is
-available. Semantics, including non-finite rows, are the reference's.
+available. Semantics, including non-finite rows, are the reference's: docs/algorithms.md (§7
+for non-finite rows).
 """
 
 from __future__ import annotations
@@ -226,7 +227,8 @@ def entropy(logits: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
 def edt_temperature(
     logits: torch.Tensor, t0, n=0.8, theta=1.0, min_scale: float = 1e-5, *, backend="auto"
 ) -> torch.Tensor:
-    """EDT temperature per row: t0 * max(n ** (theta / H), min_scale). [B] float32."""
+    """EDT temperature per row: t0 * max(n ** (theta / H), min_scale) (docs/algorithms.md §1).
+    [B] float32."""
     x = _check_logits(logits, inplace=False, read_only=True)
     t0, n, theta = (_per_row(k, v, x) for k, v in (("t0", t0), ("n", n), ("theta", theta)))
     return _resolve(backend, x.device).edt_temperature(x, t0, n, theta, float(min_scale))
@@ -267,12 +269,9 @@ def top_p_mask(
 ) -> torch.Tensor:
     """Set every logit outside its row's top-p nucleus to -inf (sort-free on cpu/triton).
 
-    The nucleus is the smallest set of most probable tokens whose mass reaches p (ALGORITHMS.md
-    §2.2 step 5). Tokens rank by logit and, among equal logits, by index, lowest first (vLLM's
-    Triton top-p order): of the tokens tied with the crossing token only as many as the mass
-    needs are kept, the lowest indices. The top-1 token (the lowest index among the maxima) is
-    always kept; p <= 0 keeps it alone; p >= 1 and non-finite rows are left unchanged. Every
-    backend equals an exact float64 smallest-set nucleus with this order except for tokens
+    docs/algorithms.md §3: the smallest set of most probable tokens whose mass reaches p, ties
+    broken lowest index first, the top-1 token always kept; p >= 1 and non-finite rows (§7)
+    are left unchanged. Every backend equals the exact float64 reference except for tokens
     whose mass-before is within float32 rounding of p (tests/test_ops.py).
     """
     x = _check_logits(logits, inplace)
@@ -283,14 +282,10 @@ def top_p_mask(
 
 # --------------------------------------------------------------------------- SLED, DoLa
 #
-# SLED streams over the vocabulary: per early layer n and row it needs only
-#   m = max l_n, z = sum e^(l_n - m), a = sum (l_n - l_N) e^(l_n - m), s = sum e^(2 (l_n - m)),
-#   dd = sum (l_n - l_N)^2        (the "stats", [5, L, B], merged chunk by chunk)
-# and l_n at the k candidates, because (ALGORITHMS.md §3)
-#   (l_n - l_N) . (p_n - e_i) = a / z - (l_n - l_N)_i,  |p_n - e_i|^2 = s / z^2 - 2 p_n(i) + 1,
-#   |l_n - l_N|^2 = dd.
-# So the early logits are produced one vocabulary chunk at a time (one GEMM for all layers
-# and rows) and dropped after the chunk's reduction.
+# SLED streams over the vocabulary: per early layer n and row it needs only the five stats
+# m, z, a, s, dd ([5, L, B], merged chunk by chunk) and l_n at the k candidates
+# (docs/algorithms.md §4.2). So the early logits are produced one vocabulary chunk at a time
+# (one GEMM for all layers and rows) and dropped after the chunk's reduction.
 
 SLED_STATS = 5  # m, z, a, s, dd
 SLED_CHUNK = 16384  # vocabulary rows of lm_head per GEMM: [L * B, CHUNK] float32 at a time
@@ -399,9 +394,10 @@ def sled_evolve(
     """SLED (arXiv 2411.02433): evolve final logits [B, V] with early-layer logits [L, B, V].
 
     The k most probable tokens get l_N - alpha * (softmax(l_N) - P_latent); every other
-    finite token gets lower_bound. alpha, k, lower_bound: numbers or [B] tensors. ``max_k``:
-    the largest k, known on the host; with a k tensor on the logits' device it spares a device
-    sync (k is then trusted to hold whole numbers in [1, max_k]; see _sled_candidates).
+    finite token gets lower_bound (docs/algorithms.md §4.1). alpha, k, lower_bound: numbers
+    or [B] tensors. ``max_k``: the largest k, known on the host; with a k tensor on the
+    logits' device it spares a device sync (k is then trusted to hold whole numbers in
+    [1, max_k]; see _sled_candidates).
     """
     x = _check_logits(final_logits, inplace)
     _check_early("early_logits", early_logits, x, None)
@@ -499,7 +495,8 @@ def dola_contrast(
     inplace: bool = False,
     budget: int = WORKING_MEMORY,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """DoLa (arXiv 2309.03883): (scores [B, V], the chosen premature layer [B]).
+    """DoLa (arXiv 2309.03883, docs/algorithms.md §5): (scores [B, V], the chosen premature
+    layer [B]).
 
     divergence: "authors" (transformers' ``_dola_select_contrast``, the default), "jsd" (the
     paper's), or a [B] tensor (nonzero = jsd); semantics are reference.dola_contrast's. One

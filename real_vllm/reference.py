@@ -1,13 +1,8 @@
 """Readable pure-torch twins of every op in :mod:`real_vllm.ops`.
 
 These are the truth the fast backends are tested against. They favour clarity over speed:
-full softmax, a real sort for the nucleus. Formulas are ALGORITHMS.md's.
-
-Non-finite rows (the policy every backend follows):
-  * a row with a NaN or +inf entry: entropy and EDT temperature are NaN (EDT with theta = 0
-    is t0, as plain temperature would be), so the NaN stays visible downstream; ``top_p_mask`` leaves such a row unchanged;
-  * a row whose entries are all -inf (nothing left to sample): entropy 0, so EDT gives
-    ``t0 * min_scale`` and dividing keeps the row all -inf; ``top_p_mask`` leaves it unchanged.
+full softmax, a real sort for the nucleus. The formulas are docs/algorithms.md's, and so is
+the policy for non-finite rows that every backend follows (§7).
 """
 
 from __future__ import annotations
@@ -49,12 +44,8 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
 
 
 def edt_temperature(logits, t0, n=0.8, theta=1.0, min_scale=1e-5) -> torch.Tensor:
-    """EDT (arXiv 2403.14541): T = t0 * max(n ** (theta / H), min_scale), per row.
-
-    theta = 0 gives exactly t0 on every row (also where H = 0, where theta / H would be 0 / 0,
-    and on a NaN row, whose NaN the division by t0 keeps visible).
-    H = 0 with theta > 0 gives n ** inf = 0, so T = t0 * min_scale.
-    """
+    """EDT (arXiv 2403.14541; docs/algorithms.md §1): T = t0 * max(n ** (theta / H), min_scale),
+    per row; theta = 0 is exactly t0 on every row, H = 0 gives t0 * min_scale."""
     t0, n, theta = (_per_row(v, logits) for v in (t0, n, theta))
     h = entropy(logits)
     scale = torch.pow(n, theta / h).clamp_min(min_scale)
@@ -76,18 +67,11 @@ def apply_edt(logits, t0, n=0.8, theta=1.0, min_scale=1e-5):
 
 
 def top_p_mask(logits: torch.Tensor, top_p) -> torch.Tensor:
-    """Nucleus: keep the smallest set of most probable tokens whose mass reaches p.
-
-    Tokens are ranked by logit, highest first, and among equal logits by index, lowest
-    first (the order of a stable descending sort; the one vLLM's Triton top-p kernels keep,
-    and argmax's). A token is kept iff the mass of the tokens ranked before it is < p, so
-    the crossing token is kept and, of the tokens tied with it, only as many as the mass
-    needs, the lowest indices; the top-1 token (the lowest index among the row's maxima)
-    always is. p <= 0 (or NaN) keeps that one token. Everything else becomes -inf. p >= 1
-    keeps the row as it is; so does a non-finite row (see the module docstring).
+    """The nucleus of docs/algorithms.md §3: a token is kept iff the mass ranked before it
+    (ties lowest index first) is < p, the top-1 always; everything else becomes -inf.
 
     This is the exact answer the fast backends are tested against: probabilities and their
-    prefix sums in float64, one sort.
+    prefix sums in float64, one stable sort.
     """
     x = logits.float()
     batch = x.shape[0]
@@ -108,10 +92,7 @@ def top_p_mask(logits: torch.Tensor, top_p) -> torch.Tensor:
 
 # --------------------------------------------------------------------------- SLED and DoLa
 #
-# Rows of the final logits that are masked (-inf, e.g. by min_tokens or a grammar) stay masked:
-# they are never SLED candidates, and they carry no divergence information (their terms are
-# left out of the sums over the vocabulary). A row holding a NaN or +inf is left unchanged, as
-# top_p_mask does. On unmasked rows this is exactly ALGORITHMS.md §3 and §4.
+# docs/algorithms.md §4.1 and §5; masked tokens and non-finite rows as §7 says.
 
 
 def _cosine(dot: torch.Tensor, norm_sq_a: torch.Tensor, norm_sq_b: torch.Tensor) -> torch.Tensor:
@@ -121,14 +102,9 @@ def _cosine(dot: torch.Tensor, norm_sq_a: torch.Tensor, norm_sq_b: torch.Tensor)
 
 
 def sled_evolve(final_logits, early_logits, alpha=2.0, k=10, lower_bound=-1000.0) -> torch.Tensor:
-    """SLED, Self Logits Evolution Decoding (Zhang et al., arXiv 2411.02433), one row at a time.
-
-    final_logits [B, V], early_logits [L, B, V] (lm_head of the early residual streams).
-    For the top-k tokens I of softmax(l_N) and every early layer n:
-        c_{n,i} = cos(l_n - l_N, softmax(l_n) - e_i),  m_{n,i} = max(c, 0) ** 2
-        P(i) = sum_n m_{n,i} / sum_n sum_{j in I} m_{n,j}    (0 if every m is 0)
-        l'(i) = l_N(i) - alpha * (softmax(l_N)(i) - P(i)),   l'(v) = lower_bound for v not in I.
-    """
+    """SLED, Self Logits Evolution Decoding (Zhang et al., arXiv 2411.02433; docs/algorithms.md
+    §4.1), one row at a time, from the full vectors: final_logits [B, V], early_logits [L, B, V]
+    (lm_head of the early residual streams)."""
     x = final_logits.float()
     early = early_logits.float()
     batch, vocab = x.shape
@@ -170,26 +146,15 @@ def _dola_jsd_rows(divergence, batch: int, device) -> torch.Tensor:
 
 
 def dola_contrast(final_logits, early_logits, relative_top=0.1, divergence="authors"):
-    """DoLa (Chuang et al., arXiv 2309.03883): contrast the final layer with the premature
-    layer M that diverges most from it, on the plausible tokens.
+    """DoLa (Chuang et al., arXiv 2309.03883; docs/algorithms.md §5): the final layer contrasted
+    with the premature layer M that diverges most from it, on the plausible tokens.
 
-        M = argmax_j D(q_N, q_j)
-        score(x) = log q_N(x) - log q_M(x)  if q_N(x) >= relative_top * max q_N,  else -inf
-
-    D, per row (``divergence``: "authors", "jsd", or a [B] tensor, nonzero = jsd), with the
-    mixture m = (q_N + q_j) / 2 and V the vocabulary size:
-      * "authors" (the default), what the published numbers come from: the authors' code
-        (voidism/DoLa) and transformers' ``_dola_select_contrast`` (transformers 4.46.3,
-        src/transformers/generation/utils.py lines 4696-4740;
-        its ``_relative_top_filter``, lines 4671-4693, is the plausibility cut below) take
-        ``F.kl_div(log q, m, reduction="none").mean(-1)`` for q = q_N and q = q_j and halve
-        their sum: 1/2 [KL(m || q_N) + KL(m || q_j)] / V. Unbounded.
-      * "jsd", the paper's formula: 1/2 [KL(q_N || m) + KL(q_j || m)], bounded by ln 2.
-
-    Returns (scores [B, V], M [B] as an index into early_logits' first dimension). The first
-    layer wins a tie (as torch.argmax does there). Rows with a NaN or +inf (or all -inf) are
-    returned unchanged; masked tokens (-inf final logits) are left out of both divergences.
-    Every tensor made here lives on the final logits' device.
+    ``divergence``: "authors" (the default: transformers 4.46.3 ``_dola_select_contrast``,
+    src/transformers/generation/utils.py lines 4696-4740, with its ``_relative_top_filter``,
+    lines 4671-4693), "jsd" (the paper's), or a [B] tensor (nonzero = jsd). Returns
+    (scores [B, V], M [B] as an index into early_logits' first dimension); the first layer wins
+    a tie (as torch.argmax does there). Every tensor made here lives on the final logits'
+    device.
     """
     x = final_logits.float()
     device = x.device

@@ -1,5 +1,6 @@
-"""SLED and DoLa written directly from ALGORITHMS.md §3-4 on a Hugging Face model, batch 1,
-greedy: the independent oracle the served tokens are compared with. Nothing from real_vllm.
+"""SLED and DoLa written directly from docs/algorithms.md §4.1 and §5 on a Hugging Face model,
+batch 1, greedy: the independent oracle the served tokens are compared with. Nothing from
+real_vllm.
 
 DoLa's default is the authors' code: the steps of transformers 4.46.3's ``_dola_select_contrast``
 and ``_relative_top_filter`` (src/transformers/generation/utils.py lines 4696-4740 and

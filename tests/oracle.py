@@ -1,4 +1,5 @@
-"""An independent float64 implementation of ALGORITHMS.md, written without real_vllm code.
+"""An independent float64 implementation of docs/algorithms.md §1 and §3, written without
+real_vllm code.
 
 The ops are checked against both this oracle and real_vllm.reference.
 """

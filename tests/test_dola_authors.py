@@ -1,5 +1,5 @@
 """DoLa as its authors' code computes it (transformers 4.46.3 ``generate(dola_layers=...)``,
-ALGORITHMS.md §4): the ops against the Hugging Face oracle of tests/hf_early.py row by row, the
+docs/algorithms.md §5): the ops against the Hugging Face oracle of tests/hf_early.py row by row, the
 candidate layer sets, and (where transformers 4.46.3 is installed beside the venv, see
 TF446 below) the oracle's greedy tokens against transformers 4.46.3's own."""
 

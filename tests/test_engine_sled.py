@@ -1,5 +1,5 @@
 """SLED and DoLa served through LLM() on the tiny model, against the Hugging Face oracle
-(tests/hf_early.py, written from ALGORITHMS.md §3-4), plus mixed batches and composition."""
+(tests/hf_early.py, written from docs/algorithms.md §4.1 and §5), plus mixed batches and composition."""
 
 import pytest
 import torch

@@ -196,7 +196,7 @@ def test_bad_arguments_raise_clear_errors():
 
 # --------------------------------------------------------------------------- nucleus ties
 #
-# The nucleus is the smallest set (ALGORITHMS.md §2.2 step 5): of the tokens tied with the
+# The nucleus is the smallest set (docs/algorithms.md §3): of the tokens tied with the
 # crossing token only as many as the mass needs are kept, the lowest indices first. bf16
 # logits tie often; small integers tie everywhere.
 

@@ -92,7 +92,7 @@ def row_params(batch: int, value) -> torch.Tensor:
 
 def oracle_row(row, early, alpha: float, chosen, lower_bound: float) -> torch.Tensor:
     """float64 SLED of one row [V] with early [L, V] and the candidate indices ``chosen``,
-    from ALGORITHMS.md §3 directly: no real_vllm code."""
+    from docs/algorithms.md §4.1 directly: no real_vllm code."""
     row = row.double()
     early = early.double()
     finite = row > -math.inf
