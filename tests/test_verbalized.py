@@ -15,6 +15,8 @@ from hypothesis import strategies as st
 
 from real_vllm import verbalized as vs
 from real_vllm.verbalized import Distribution, Item, VSParseError, parse_answer
+from real_vllm.verbalized.cli import candidates_table
+from real_vllm.verbalized.request import SEED_STRIDE
 
 
 def answer(*pairs, **extra) -> str:
@@ -470,7 +472,8 @@ def refusal(status, message):
 
 
 class FakeClient:
-    """openai.OpenAI's chat.completions.create: refuses what `refuse` says, records the calls."""
+    """openai.OpenAI's chat.completions.create: refuses what `refuse` says, records the calls,
+    answers `text` (or, given a list, its texts in turn)."""
 
     def __init__(self, refuse, text):
         self.refuse, self.text, self.calls = refuse, text, []
@@ -481,7 +484,7 @@ class FakeClient:
         error = self.refuse(kwargs)
         if error:
             raise error
-        message = SimpleNamespace(content=self.text)
+        message = SimpleNamespace(content=self.text.pop(0) if isinstance(self.text, list) else self.text)
         return SimpleNamespace(choices=[SimpleNamespace(message=message, finish_reason="stop")])
 
 
@@ -623,3 +626,80 @@ def test_the_normalisation_residue_keeps_tied_items_in_order():
     dist = parse_answer(weighted(0.837578, 0.837578, 0.556454))
     check_valid(dist)
     assert dist.texts[:2] == ["t0", "t1"]
+
+
+# ----------------------------------------------------------------------- both clients, multi-turn
+
+
+MULTI_TURNS = [compact(("a", 0.5), ("b", 0.3)), compact(("c", 0.2))]
+
+
+def test_openai_multi_turn_feeds_back_the_answers_with_a_new_seed_per_turn():
+    client = FakeClient(lambda kw: None, list(MULTI_TURNS))
+    dist = vs.generate_openai(client, "m", "joke", method="multi", k=3, m=2, seed=4, tau=0.3, max_text_chars=10)
+    first, second = client.calls
+    assert [m["role"] for m in first["messages"]] == ["system", "user"]
+    assert [m["role"] for m in second["messages"]] == ["system", "user", "assistant", "user"]
+    assert second["messages"][:2] == first["messages"] and second["messages"][2]["content"] == MULTI_TURNS[0]
+    assert second["messages"][3]["content"] == vs.followup_message(1, tau=0.3)
+    assert [c["seed"] for c in client.calls] == [4, 4 + SEED_STRIDE]
+    assert [c["extra_body"]["structured_outputs"]["regex"] for c in client.calls] == [
+        vs.answer_regex(2, max_text_chars=10), vs.answer_regex(1, max_text_chars=10)]
+    assert dist.texts == ["a", "b", "c"] and dist.repairs == ()
+    assert dist.meta["finish_reasons"] == ["stop", "stop"] and json.loads(dist.raw) == MULTI_TURNS
+
+
+def test_both_clients_send_the_same_turns_and_seeds_and_describe_them_alike():
+    """One plan, one conversation, one meta builder: the offline and the OpenAI client ask the
+    same questions with the same seeds, and their meta differ only in what each one adds."""
+    sampler_args = {"sampler": "edt"}
+    kw = dict(method="multi", k=3, m=2, tau=0.3, temperature=0.9, top_p=0.95, max_text_chars=10,
+              sampler_args=sampler_args)
+    llm = FakeLLM([(text, "stop") for text in MULTI_TURNS])
+    offline = vs.generate_offline(llm, "joke", seed=4, **kw)
+    client = FakeClient(lambda kw: None, list(MULTI_TURNS))
+    served = vs.generate_openai(client, "m", "joke", seed=4, **kw)
+    sampler_args["sampler"] = "real"  # the caller's dict, changed afterwards, changes no record
+    assert [conversations[0] for conversations, _ in llm.calls] == [c["messages"] for c in client.calls]
+    assert [params[0].seed for _, params in llm.calls] == [c["seed"] for c in client.calls] == [4, 4 + SEED_STRIDE]
+    assert offline.items == served.items and offline.raw == served.raw
+    common = {"method": "multi", "k": 3, "tau": 0.3, "m": 2, "temperature": 0.9, "top_p": 0.95,
+              "sampler_args": {"sampler": "edt"}, "seed": 4, "finish_reasons": ["stop", "stop"]}
+    assert list(offline.meta) == ["method", "k", "tau", "m", "temperature", "top_p", "constraint",
+                                  "sampler_args", "client", "seed", "finish_reasons"]
+    assert list(served.meta) == ["method", "k", "tau", "m", "temperature", "top_p", "model", "structured",
+                                 "refused", "sampler_args", "client", "seed", "finish_reasons"]
+    assert offline.meta == {**common, "constraint": "regex", "client": "vllm.LLM"}
+    assert served.meta == {**common, "model": "m", "structured": "vllm", "refused": [], "client": "openai"}
+
+
+def test_unseeded_requests_send_no_seed_on_any_turn():
+    llm = FakeLLM([(text, "stop") for text in MULTI_TURNS])
+    vs.generate_offline(llm, "joke", method="multi", k=3, m=2)
+    assert [params[0].seed for _, params in llm.calls] == [None, None]
+    client = FakeClient(lambda kw: None, list(MULTI_TURNS))
+    vs.generate_openai(client, "m", "joke", method="multi", k=3, m=2)
+    assert all("seed" not in c for c in client.calls)
+
+
+# ----------------------------------------------------------------------- the CLI's table
+
+
+def test_the_candidates_table_marks_the_draw_and_wraps_long_texts():
+    long = " ".join(["word"] * 40)
+    dist = parse_answer(json.dumps({"responses": [{"text": "short", "probability": 0.25},
+                                                  {"text": long, "probability": "75%"}, {"text": "none"}]}))
+    lines = candidates_table(dist, drawn=1, width=30).splitlines()
+    assert lines[0].split() == ["#", "prob", "stated", "text"]
+    assert lines[2].startswith("   1   0.750       75%  word word")
+    assert lines[3].strip() == "word " * 5 + "word" and lines[3].startswith(" " * 22)
+    marked = [line for line in lines if line.startswith("->")]
+    assert marked == [next(line for line in lines if line.endswith("short"))]
+    assert marked[0].split()[1:4] == ["2", "0.250", "0.25"]
+    assert lines[-1].split() == ["3", "0.000", "-", "none"]
+
+
+def test_the_candidates_table_shows_a_stated_number_too_large_for_a_float():
+    dist = parse_answer(json.dumps({"responses": [{"text": "a", "probability": 10**400}, {"text": "b", "probability": 1}]}))
+    row = next(line for line in candidates_table(dist).splitlines() if line.endswith(" a"))
+    assert row.split()[1:3] == ["0.000", "10000000"]

@@ -113,7 +113,10 @@ def candidates_table(dist: vs.Distribution, drawn: int | None = None, width: int
         if it.stated is None:
             stated = "-"
         elif isinstance(it.stated, (int, float)) and not isinstance(it.stated, bool):
-            stated = f"{it.stated:g}"
+            try:
+                stated = f"{it.stated:g}"
+            except OverflowError:  # an int too large for a float: the parser weighed it 0
+                stated = str(it.stated)
         else:
             stated = str(it.stated)
         wrapped = textwrap.wrap(" ".join(it.text.split()), width) or [""]
