@@ -11,7 +11,7 @@ from typing import Any
 
 METHODS = ("standard", "cot", "multi")
 DEFAULT_K = 5
-# The paper's sampling defaults for VS (docs/algorithms.md §6): temperature in 0.7-0.9, top-p 1.
+# Generation defaults within the paper's range (docs/algorithms.md §6.3).
 DEFAULT_TEMPERATURE = 0.8
 DEFAULT_TOP_P = 1.0
 # Long enough for a short story's opening or a poem, short enough that k of them fit in a
