@@ -1,6 +1,7 @@
 """docs/algorithms.md is the one spec: no file of the repository cites the spec it replaced
-(the steering notes' algorithms file, which a clone does not have), and every section a file
-cites exists there, under the numbering others cite.
+(the steering notes' algorithms file, which a clone does not have), every section a file
+cites exists there, under the numbering others cite, and its parameter tables state the
+defaults the code has.
 
 Files that cite docs/algorithms.md are checked for every section sign followed by a number
 (also ranges such as 2.1-2.2, and bare ones such as "(see 7)" written with the sign), since in
@@ -66,6 +67,18 @@ def text_of(name: str) -> str | None:
     return None if b"\0" in data else data.decode("utf-8", errors="replace")
 
 
+def spec_defaults(text: str) -> dict[str, str]:
+    """Request parameter -> the default its spec table row states (rows "| `name` ... | range |
+    default | source |")."""
+    defaults = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        name = re.match(r"`([a-z0-9_]+)`", cells[0]) if line.startswith("|") and len(cells) == 4 else None
+        if name:
+            defaults[name.group(1)] = cells[2].strip('`"')
+    return defaults
+
+
 def own(name: str) -> bool:
     return any(name == o or (o.endswith("/") and name.startswith(o)) for o in OWN)
 
@@ -79,6 +92,20 @@ def test_the_spec_has_the_agreed_numbering(sections):
     assert sections == AGREED, f"{SPEC}'s headings hold {sorted(sections)}, the agreed numbering is {sorted(AGREED)}"
 
 
+def test_the_spec_states_every_request_default():
+    from real_vllm.methods import KNOWN_PARAMS, METHOD_CONFIGS
+
+    stated = spec_defaults((ROOT / SPEC).read_text(encoding="utf-8"))
+    assert set(KNOWN_PARAMS) - {"sampler"} <= set(stated), f"{SPEC} has no table row for some parameters"
+    for config in METHOD_CONFIGS.values():
+        for key, field in config.PARAMS.items():
+            default = getattr(config(), field)
+            if isinstance(default, str) or hasattr(default, "name"):  # a choice (dola_divergence)
+                assert stated[key] == str(default), f"{key}: {SPEC} says {stated[key]!r}, the code {default}"
+            else:
+                assert float(stated[key]) == default, f"{key}: {SPEC} says {stated[key]}, the code {default}"
+
+
 def test_the_check_catches_bad_citations():
     sections = {"1", "2", "2.1"}
     assert problems("a.py", f"see {SPEC} {SECTION}2.1 and {SECTION}1", sections) == []
@@ -86,6 +113,7 @@ def test_the_check_catches_bad_citations():
     assert len(problems("c.py", f"{SPEC} {SECTION}2.1-2.4, then {SECTION}3", sections)) == 2
     assert problems("d.py", f"as {OLD_SPEC} says", sections) == [f"d.py: cites {OLD_SPEC} (repoint it to {SPEC} {SECTION}N)"]
     assert spec_sections(f"# {SECTION}1 EDT\ntext {SECTION}5\n### {SECTION}2.1 THF") == {"1", "2.1"}
+    assert spec_defaults("| `edt_t0` | > 0 | 1.0 | [project] |\n| `a` | b |") == {"edt_t0": "1.0"}
 
 
 @pytest.mark.parametrize("whose", [
