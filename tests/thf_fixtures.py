@@ -13,7 +13,7 @@ TINY_BACKBONE = dict(
 def build_tiny_thf(out_dir: Path, tokenizer_dir: Path, seed: int = 0) -> Path:
     from transformers import AutoTokenizer
 
-    from real_vllm.thf.data import tokenizer_fingerprint
+    from real_vllm.thf.fingerprint import tokenizer_fingerprint
     from real_vllm.thf.model import THFConfig, THFModel
 
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))

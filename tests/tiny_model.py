@@ -1,7 +1,8 @@
 """A tiny random Llama with a real trained tokenizer, for engine tests that must not need a download.
 
-The tokenizer is byte-level BPE trained on docstrings of the Python standard library, so every
-machine with this interpreter can rebuild it, and decoded text looks like words rather than bytes.
+The tokenizer is byte-level BPE trained on docstrings of the Python standard library
+(real_vllm.stdlib_tokenizer), so every machine with this interpreter can rebuild it, and decoded
+text looks like words rather than bytes.
 The weights are random but scaled so logits are spread (std ~2.5): sampling at temperature 1 varies
 from run to run while greedy decoding is deterministic, and top-k/top-p cut real mass.
 
@@ -13,8 +14,6 @@ stopping.
 
 from __future__ import annotations
 
-import ast
-import importlib.util
 import json
 import os
 import shutil
@@ -22,30 +21,16 @@ import sys
 import uuid
 from pathlib import Path
 
+from real_vllm.stdlib_tokenizer import SPECIAL_TOKENS, tokenizer_config, train_bpe
 from real_vllm.utils import install_folder
 
-SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 HEAD_DIM = 32  # smallest head size vLLM's CPU attention backend accepts
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
 # Logit std at the output: the final RMSNorm makes hidden entries ~unit, so lm_head entries get
 # std LOGIT_STD / sqrt(hidden).
 LOGIT_STD = 2.5
 
 _PARAMS_FILE = "tiny_model_params.json"
 _FORMAT_VERSION = 1
-# Pure-Python stdlib modules with plenty of prose in their docstrings. The tokenizer depends
-# only on these files, i.e. on the Python version, which is part of the build parameters.
-_CORPUS_MODULES = (
-    "argparse", "calendar", "collections", "configparser", "datetime", "difflib", "email.message",
-    "enum", "fractions", "functools", "http.client", "inspect", "json", "logging", "optparse",
-    "pathlib", "pydoc", "random", "re", "shutil", "smtplib", "statistics", "subprocess", "tarfile",
-    "tempfile", "textwrap", "threading", "typing", "unittest.case", "urllib.request", "zipfile",
-)
 
 
 def build_tiny_llama(
@@ -103,56 +88,10 @@ def _install(tmp: Path, out_dir: Path, params: dict) -> None:
     install_folder(tmp, out_dir, lambda folder: _read_params(folder) == params)
 
 
-def _corpus() -> list[str]:
-    """Docstrings of stdlib modules, read from their source files with ast.
-
-    Parsing the files rather than reading __doc__ of live objects matters: other libraries patch
-    stdlib objects (importing torch replaces inspect.getsourcefile), which would make the corpus,
-    and so the tokenizer, depend on what the process imported before.
-    """
-    texts = []
-    for name in _CORPUS_MODULES:
-        tree = ast.parse(Path(importlib.util.find_spec(name).origin).read_text(encoding="utf-8"))
-        for node in ast.walk(tree):
-            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-                doc = ast.get_docstring(node)
-                if doc:
-                    texts.append(doc)
-    return texts
-
-
 def _write_tokenizer(out: Path, vocab_size: int) -> int:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.post_processor = processors.ByteLevel(trim_offsets=False)
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=list(SPECIAL_TOKENS),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(_corpus(), trainer=trainer)
-    # config.json and the zeroed lm_head rows rely on the special tokens being ids 0, 1, 2.
-    if [tok.token_to_id(t) for t in SPECIAL_TOKENS] != list(range(len(SPECIAL_TOKENS))):
-        raise RuntimeError("the BPE trainer did not put the special tokens first")
+    tok = train_bpe(vocab_size)
     tok.save(str(out / "tokenizer.json"))
-
-    endoftext, im_start, im_end = SPECIAL_TOKENS
-    (out / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "add_bos_token": False,
-        "add_eos_token": False,
-        "clean_up_tokenization_spaces": False,
-        "model_max_length": 2048,
-        "bos_token": im_start,
-        "eos_token": im_end,
-        "pad_token": im_end,
-        "unk_token": endoftext,
-        "chat_template": CHAT_TEMPLATE,
-    }, indent=2) + "\n")
+    (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config(), indent=2) + "\n")
     return tok.get_vocab_size()
 
 

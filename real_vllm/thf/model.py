@@ -1,6 +1,6 @@
 """THFModel: a small causal LM backbone with one linear head that outputs entropy curves.
 
-REAL sampling (arXiv 2406.07735, ALGORITHMS.md 2.1): dropout 0.1 on the backbone's last hidden
+REAL sampling (arXiv 2406.07735, docs/algorithms.md §2.1): dropout 0.1 on the backbone's last hidden
 states, one Linear(hidden, K) initialised to zero, exp() on every output. The paper fine-tunes
 Pythia-70M; here the backbone is a transformers LlamaModel trained from scratch on the family's
 tokenizer, because no small pretrained model with the SmolLM2 vocabulary exists offline.
@@ -37,19 +37,20 @@ import dataclasses
 import json
 import os
 import shutil
-import uuid
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from real_vllm.thf import curves
+from real_vllm.thf.fingerprint import tokenizer_fingerprint
+from real_vllm.utils import atomic_write
 
 FORMAT = "real_vllm.thf"
 FORMAT_VERSION = 1
 CONFIG_FILE = "thf_config.json"
 WEIGHTS_FILE = "model.safetensors"
-DEFAULT_WINDOW = 40  # ALGORITHMS.md 2.2: THF reads the last 40 tokens at decode time
+DEFAULT_WINDOW = 40  # docs/algorithms.md §2.2: THF reads the last 40 tokens at decode time
 
 DEFAULT_BACKBONE = {
     "hidden_size": 128,
@@ -177,7 +178,7 @@ class THFModel(nn.Module):
             if not src.is_file():
                 raise FileNotFoundError(f"tokenizer file {src} is missing")
             if not (dst.exists() and os.path.samefile(src, dst)):
-                _atomic_write(dst, lambda tmp, src=src: shutil.copyfile(src, tmp))
+                atomic_write(dst, lambda tmp, src=src: shutil.copyfile(src, tmp))
 
         state = {}
         for name, tensor in self.state_dict().items():
@@ -187,13 +188,13 @@ class THFModel(nn.Module):
             if dtype != torch.float32 and t.abs().max() > torch.finfo(dtype).max:
                 raise ValueError(f"weight {name} exceeds the range of {dtype}; save with dtype=torch.float32")
             state[name] = t.to(dtype).contiguous()
-        _atomic_write(out / WEIGHTS_FILE, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
+        atomic_write(out / WEIGHTS_FILE, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
 
         doc = {"format": FORMAT, "format_version": FORMAT_VERSION,
                "weights_dtype": str(dtype).removeprefix("torch."), **dataclasses.asdict(self.config),
                "s_ref": self.config.s_ref, "num_outputs": self.config.num_outputs,
                "num_parameters": self.num_parameters()}
-        _atomic_write(out / CONFIG_FILE, lambda tmp: tmp.write_text(json.dumps(doc, indent=2) + "\n"))
+        atomic_write(out / CONFIG_FILE, lambda tmp: tmp.write_text(json.dumps(doc, indent=2) + "\n"))
         return out
 
     @classmethod
@@ -261,8 +262,6 @@ def load_tokenizer(ckpt_dir: str | os.PathLike):
     """The THF tokenizer stored in a checkpoint (or data) folder; checks its fingerprint."""
     from transformers import AutoTokenizer
 
-    from real_vllm.thf.data import tokenizer_fingerprint
-
     folder = Path(ckpt_dir)
     tok = AutoTokenizer.from_pretrained(str(folder))
     if (folder / CONFIG_FILE).is_file():
@@ -295,7 +294,6 @@ def predict_last(model: THFModel, token_ids: torch.Tensor,
     # Index of the last 1 in each row: T - 1 minus the first 1 of the reversed row.
     last = mask.shape[-1] - 1 - mask.flip(-1).argmax(-1)
     return out[torch.arange(out.shape[0], device=out.device), last]
-
 
 
 @torch.inference_mode()
@@ -350,23 +348,3 @@ def _rotate(t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     half = t.shape[-1] // 2
     rotated = torch.cat((-t[..., half:], t[..., :half]), dim=-1)
     return t * cos[:, None] + rotated * sin[:, None]
-
-
-# Read once at import (os.umask can only be read by setting it): the mode a plain open() gives.
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Call write(tmp_path) beside `path`, then rename over it: readers never see half a file.
-
-    The file gets the mode a plain open() would give (safetensors writes 0600 files), so shared
-    data and checkpoint folders stay readable by others.
-    """
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -1,4 +1,4 @@
-"""REAL with a THF whose tokenizer is not the served model's (ALGORITHMS.md 2.2, step 1):
+"""REAL with a THF whose tokenizer is not the served model's (docs/algorithms.md §2.2, step 1):
 decode the served tokens to text and re-tokenise the text with the THF tokenizer.
 
 Chang et al. (arXiv 2406.07735) serve one Pythia-family THF for LLMs of other families this
@@ -20,7 +20,7 @@ All rows of a step go through one batched decode and one batched encode (the Rus
 What the THF reads: the sequence's plain text. The served tokenizer's special tokens (chat-
 template markers such as ``<|im_start|>``, ``<|eot_id|>``, BOS/EOS) are dropped before decoding
 (the authors' code decodes with ``skip_special_tokens=True`` too), and the text is encoded with
-``add_special_tokens=False``. The THF is trained on plain text (Wikipedia, real_vllm/thf/data.py:
+``add_special_tokens=False``. The THF is trained on plain text (Wikipedia, real_vllm/thf/dataset.py:
 documents tokenised with ``add_special_tokens=False``, joined by EOS, cut into blocks with no
 BOS): it has never seen a chat marker, neither as the marker's characters spelled out in its
 own vocabulary (what decoding with ``skip_special_tokens=False`` gave) nor as its own special

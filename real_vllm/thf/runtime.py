@@ -1,6 +1,6 @@
 """THF inside the vLLM worker: load once, then one batched forward per decode step.
 
-REAL (arXiv 2406.07735, ALGORITHMS.md 2.2): for every REAL row, the THF reads the last
+REAL (arXiv 2406.07735, docs/algorithms.md §2.2): for every REAL row, the THF reads the last
 ``window`` tokens (prompt + output so far) and predicts the entropy curve at the last
 position; the residual entropy d = E(s_ref) - c sets the row's nucleus threshold.
 """
@@ -89,7 +89,7 @@ class THFRuntime:
                     raise TokenizerMismatch(
                         f"real_vllm: the THF at {path} was trained with another tokenizer than the "
                         f"served model's ({tokenizer}). Pass --real-retokenize to re-tokenise the "
-                        "served text with the THF's tokenizer (ALGORITHMS.md 2.2; costs a decode and "
+                        "served text with the THF's tokenizer (docs/algorithms.md §2.2; costs a decode and "
                         "an encode per REAL row and step), or train a THF on a family with the served "
                         "model's tokenizer (`real-vllm thf collect/train`, see the README)"
                     )

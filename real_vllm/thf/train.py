@@ -1,6 +1,6 @@
 """Training THF on a data folder from `collect()`.
 
-REAL sampling (arXiv 2406.07735, ALGORITHMS.md 2.1). The loss is the paper's: one sqrt(MSE) over
+REAL sampling (arXiv 2406.07735, docs/algorithms.md §2.1). The loss is the paper's: one sqrt(MSE) over
 the S + 1 predictions of every position (the curve at each of the S family sizes, and pred_last)
 against the S entropies with the largest member's entropy appended as pred_last's target. The
 paper's recipe: 3 epochs, 1,024-token blocks, AdamW, 100 warm-up steps then linear decay, head
@@ -26,11 +26,12 @@ from pathlib import Path
 import torch
 
 from real_vllm.thf import curves
-from real_vllm.thf.data import TOKENIZER_DIR, _resolve_device, load_split, read_meta
+from real_vllm.thf.dataset import TOKENIZER_DIR, load_split, read_meta
+from real_vllm.thf.device import resolve_device
 from real_vllm.thf.model import (
-    CONFIG_FILE, DEFAULT_BACKBONE, DEFAULT_EMBEDDING_RANK, DEFAULT_WINDOW, THFConfig, THFModel, _atomic_write,
-    read_config,
+    CONFIG_FILE, DEFAULT_BACKBONE, DEFAULT_EMBEDDING_RANK, DEFAULT_WINDOW, THFConfig, THFModel, read_config,
 )
+from real_vllm.utils import atomic_write
 
 STATE_FILE = "train_state.pt"
 
@@ -97,7 +98,7 @@ def train(
     if epochs < 1 or batch_size < 1 or lr <= 0:
         raise ValueError("epochs and batch_size must be >= 1 and lr > 0")
     data_dir, out = Path(data_dir), Path(out_dir)
-    device = _resolve_device(device)
+    device = resolve_device(device)
     meta = read_meta(data_dir)
     tokens, entropies = load_split(data_dir, "train")
     val_tokens, val_entropies = load_split(data_dir, "valid")
@@ -196,7 +197,7 @@ def train(
                  "rng": torch.get_rng_state()}
         if device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(device)
-        _atomic_write(state_path, lambda tmp: torch.save(state, tmp))
+        atomic_write(state_path, lambda tmp: torch.save(state, tmp))
 
     model.config.training = {"recipe": recipe, "data_dir": str(data_dir.resolve()), "history": history,
                              "final_valid": history[-1]["valid"],
