@@ -579,8 +579,11 @@ TRAINING = ("data", "corpus", "dataset", "collect", "device", "train", "family",
 
 
 def test_the_serving_path_imports_nothing_of_the_training_side():
-    """What a vLLM worker loads for REAL: runtime.py and what it imports, in a fresh interpreter."""
-    code = "import json, sys; import real_vllm.thf.runtime; print(json.dumps(sorted(sys.modules)))"
+    """What a vLLM worker loads for REAL, in a fresh interpreter: runtime.py and what it imports,
+    then what loading the shipped THF for a served tokenizer imports (its fingerprint check)."""
+    code = ("import json, sys, torch; from real_vllm.thf import runtime; "
+            "runtime.THFRuntime.load(runtime.SHIPPED_CHECKPOINT, torch.device('cpu'), "
+            "tokenizer=str(runtime.SHIPPED_CHECKPOINT)); print(json.dumps(sorted(sys.modules)))")
     loaded = set(json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                            check=True).stdout))
     assert set(SERVING) <= loaded

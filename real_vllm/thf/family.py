@@ -95,10 +95,15 @@ def _write_json(path: Path, doc: dict) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(doc, indent=2) + "\n"))
 
 
+def preset_fields(preset: str | dict) -> dict:
+    """LlamaConfig fields of a PRESETS name, or the fields themselves."""
+    return PRESETS[preset] if isinstance(preset, str) else preset
+
+
 def member_config(preset: str, tokenizer, context: int):
     from transformers import LlamaConfig
 
-    fields = PRESETS[preset] if isinstance(preset, str) else preset
+    fields = preset_fields(preset)
     return LlamaConfig(vocab_size=len(tokenizer), max_position_embeddings=context, tie_word_embeddings=True,
                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                        rms_norm_eps=1e-5, rope_theta=10000.0, **fields)
@@ -121,8 +126,8 @@ def train_member(out: Path, preset: str, stream: torch.Tensor, tokenizer, *, tok
 
     if (out / MARKER).is_file():
         done = json.loads((out / MARKER).read_text())
-        width = (PRESETS[preset] if isinstance(preset, str) else preset)["hidden_size"]
-        asked = {"config": PRESETS.get(preset, preset), "tokens": max(1, tokens // (batch_blocks * context)) * batch_blocks * context, "context": context,
+        width = preset_fields(preset)["hidden_size"]
+        asked = {"config": preset_fields(preset), "tokens": max(1, tokens // (batch_blocks * context)) * batch_blocks * context, "context": context,
                  "batch_blocks": batch_blocks, "lr": round(lr * lr_width_ref / width, 12) if lr_width_ref else lr, "seed": seed}
         if any(done.get(k) != v for k, v in asked.items()):
             raise FileExistsError(f"{out} holds a member trained with another recipe "
@@ -180,7 +185,7 @@ def train_member(out: Path, preset: str, stream: torch.Tensor, tokenizer, *, tok
     model.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
     match_plain_mode(out)  # safetensors writes 0600 files
-    record = {"preset": preset, "config": PRESETS.get(preset, preset), **counts, "tokens": total * step_tokens,
+    record = {"preset": preset, "config": preset_fields(preset), **counts, "tokens": total * step_tokens,
               "steps": total, "context": context, "batch_blocks": batch_blocks, "lr": lr, "seed": seed,
               "loss": "plain next-token cross-entropy (no distillation)",
               "train_seconds": round(elapsed, 1), "train_tokens_per_s": round(total * step_tokens / elapsed, 1),
