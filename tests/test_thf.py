@@ -326,7 +326,14 @@ def test_training_recovers_known_asymptotes(synthetic_ckpt):
     # Between the members the curve interpolates closely.
     mid = (curves.entropy_at(out, 2.5, "exp") - curves.entropy_at(truth, 2.5, "exp")).abs()
     assert mid.max() < 0.15, mid
-    assert record["recipe"]["loss"].startswith("sqrt(MSE)")
+    # The recorded validation loss is the paper's: sqrt(MSE) over the curve at every size and
+    # pred_last (target: the largest member), recomputed here from the saved (float16) weights.
+    tokens, entropies = load_split(ckpt.parent / "data", "valid")
+    with torch.no_grad():
+        outputs = model(tokens).double()
+    pred = torch.cat([curves.entropy_at(outputs, SYNTH_SIZES, "exp"), outputs[..., -1:]], -1)
+    target = torch.cat([entropies, entropies[-1:]]).permute(1, 2, 0).double()
+    assert record["final_valid"]["loss"] == pytest.approx((pred - target).pow(2).mean().sqrt().item(), abs=2e-4)
 
 
 def test_training_resumes_after_an_epoch_and_refuses_another_recipe(synthetic_data, monkeypatch):
@@ -385,7 +392,7 @@ def test_evaluate_and_cli_eval(synthetic_ckpt, synthetic_data, tmp_path, capsys)
     d = result["residual_d"]
     for t in result["threshold"]["by_decay"]:
         for q_p, q_d in (("q01", "q99"), ("q50", "q50"), ("q99", "q01")):
-            assert t[q_p] == pytest.approx(math.exp(-d[q_d] / t["decay"]), abs=2e-3), (t, q_p)
+            assert t[q_p] == pytest.approx(math.exp(-d[q_d] / t["decay"]), abs=1e-4), (t, q_p)
     assert plot.stat().st_size > 10_000 and plot.read_bytes()[:4] == b"\x89PNG"
 
 
