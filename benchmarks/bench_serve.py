@@ -32,6 +32,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from benchmarks.common import RESULTS
+from real_vllm.real_thf import real_available
 from real_vllm.utils import machine_name, write_csv
 
 # name -> (extra `vllm bench serve` options, vllm_xargs)
@@ -55,14 +56,6 @@ REAL_CONFIGS = {
 }
 
 
-def real_available(model_dir: str) -> bool:
-    from transformers import AutoTokenizer
-
-    from real_vllm.thf.model import load_tokenizer
-    from real_vllm.thf.runtime import resolve_checkpoint
-
-    path, _ = resolve_checkpoint()
-    return path is not None and AutoTokenizer.from_pretrained(model_dir).get_vocab() == load_tokenizer(path).get_vocab()
 METRICS = [
     ("output_tok_s", "output_throughput"),
     ("request_s", "request_throughput"),

@@ -1,20 +1,33 @@
-"""The quality benchmark (real_vllm.quality): metrics on hand-computed examples, the data
-loaders, the claim arithmetic, and `real-vllm eval --quick` end to end on the tiny model."""
+"""The quality benchmark (real_vllm.quality): metrics on hand-computed examples, spaCy and
+sacrebleu against the fallbacks, the data loaders, the claim arithmetic and the report's
+caveats, and `real-vllm eval --quick` end to end on the tiny model."""
 
 import csv
+import hashlib
 import math
 
+import numpy as np
 import pytest
 import torch
 
+from real_vllm.quality import claims, render, stats
 from real_vllm.quality import metrics as M
-from real_vllm.quality import report
+
+needs_spacy = pytest.mark.skipif(M.load_spacy() is None, reason="spaCy or en_core_web_sm not installed (make venv installs them)")
+needs_sacrebleu = pytest.mark.skipif(M.load_sacrebleu() is None, reason="sacrebleu not installed (make venv installs it)")
+
+
+@pytest.fixture
+def no_spacy(monkeypatch):
+    """The fallback tools: spaCy's loader finds nothing, sacrebleu's neither."""
+    monkeypatch.setattr(M, "load_spacy", lambda: None)
+    monkeypatch.setattr(M, "load_sacrebleu", lambda: None)
 
 # --------------------------------------------------------------------------------------------
 # Sentences and the entity heuristic
 
 
-def test_sentences_respect_abbreviations_initials_and_newlines():
+def test_sentences_respect_abbreviations_initials_and_newlines(no_spacy):
     text = "Dr. Smith went to the U.S. Army base. He met J. R. R. Tolkien there! Then he left.\nA new line"
     assert M.sentences(text) == [
         "Dr. Smith went to the U.S. Army base.",
@@ -44,11 +57,11 @@ def test_sentences_respect_abbreviations_initials_and_newlines():
         ("no names here at all.", set()),
     ],
 )
-def test_entities(sentence, expected):
-    assert M.entities(sentence) == expected
+def test_heuristic_entities(sentence, expected):
+    assert M.heuristic_entities(sentence) == expected
 
 
-def test_ne_er_counts_entities_missing_from_the_evidence():
+def test_ne_er_counts_entities_missing_from_the_evidence_heuristic(no_spacy):
     evidence = M.Evidence("Albert Einstein\nGerman-born physicist\nAlbert Einstein was born in Ulm, "
                           "in the Kingdom of Württemberg, on 14 March 1879.")
     ents, bad = M.unsupported_entities("Albert Einstein was born in Bern in 1879.", evidence)
@@ -57,6 +70,70 @@ def test_ne_er_counts_entities_missing_from_the_evidence():
     assert M.Evidence("Robert Stephenson Smyth Baden-Powell (1857)").supports(M.normalize_text("Robert Baden-Powell"))
     assert not M.Evidence("born in 1857").supports("1858")
     assert M.Evidence("Kingdom of Württemberg").supports("wurttemberg")
+
+
+@needs_spacy
+@pytest.mark.parametrize(
+    "sentence,spacy_expected,heuristic_expected",
+    [
+        # Both find the person, the place and the year.
+        ("Albert Einstein was born in Ulm in 1879.", {"albert einstein": "PERSON", "ulm": "GPE", "1879": "DATE"},
+         {"albert einstein", "ulm", "1879"}),
+        # The NER knows a band name at the start of a sentence is no place; the heuristic keeps it.
+        ("The Beatles were formed in Liverpool in 1960.", {"liverpool": "GPE", "1960": "DATE"},
+         {"beatles", "liverpool", "1960"}),
+        # A leading "the" is dropped from spaCy's span ("the Mona Lisa").
+        ("Leonardo da Vinci painted the Mona Lisa in Florence.",
+         {"leonardo da vinci": "PERSON", "mona lisa": "WORK_OF_ART", "florence": "GPE"},
+         {"leonardo da vinci", "mona lisa", "florence"}),
+        # FactualityPrompts drops counts (CARDINAL) and vague dates ("the next day"); the heuristic counts numbers.
+        ("He left 3 letters and died the next day.", {}, {"3"}),
+    ],
+)
+def test_spacy_entities_against_the_heuristic(sentence, spacy_expected, heuristic_expected):
+    assert M.spacy_entities(sentence) == spacy_expected
+    assert M.entities(sentence) == spacy_expected  # spaCy is the default where installed
+    assert M.heuristic_entities(sentence) == heuristic_expected
+
+
+@needs_spacy
+def test_spacy_support_rules_follow_factualityprompts():
+    evidence = M.Evidence("Albert Einstein\nEinstein was born on 14 March 1879 in Ulm.")
+    ents, bad = M.unsupported_entities("John Einstein was born in Bern on March 14th, 1879.", evidence)
+    # A PERSON is supported by any of its words (FactualityPrompts: short forms of a name); a
+    # DATE by all its words less ordinal suffixes; any other entity only as a whole.
+    assert ents == {"john einstein", "bern", "march 14th 1879"} and bad == {"bern"}
+    assert not M.Evidence("Ulm").supports("john smith", "PERSON")
+    assert not M.Evidence("born in 1857").supports("1858", "DATE")
+
+
+def test_first_sentence_takes_the_first_line():
+    text = "  \n\nIt began in 1929. It ended in 1939.\nA new line"
+    assert M.first_sentence(text) == "It began in 1929."
+    assert M.first_sentence("") == "" and M.first_sentence("  \n ") == ""
+    assert M.first_sentence("Dr. Smith went to the U.S. Army base. He met J. R. R. Tolkien there!") == \
+        "Dr. Smith went to the U.S. Army base."
+
+
+def test_the_fallback_is_named_when_spacy_is_absent(no_spacy):
+    tools = M.text_tools()
+    assert "heuristic" in tools.ner and "fallback" in tools.ner
+    assert "rule-based" in tools.sentence_splitter and "fallback" in tools.sentence_splitter
+    assert "built-in" in tools.bleu and "fallback" in tools.bleu
+    # The fallback rules are the ones that run: the heuristic's labels, the rule-based splitter.
+    assert M.entities("The Beatles were formed in Liverpool in 1960.") == {
+        "beatles": "NAME", "liverpool": "NAME", "1960": "NUMBER"}
+    record = {"model": "tiny", "model_parameters": None, "real_thf": None}
+    text = render.caveats(record, tools, {"greedy"})
+    assert tools.ner in text and tools.bleu in text and tools.sentence_splitter in text
+
+
+@needs_spacy
+@needs_sacrebleu
+def test_the_tools_in_use_are_named():
+    tools = M.text_tools()
+    assert tools.ner.startswith("spaCy ") and "en_core_web_sm" in tools.ner
+    assert tools.bleu.startswith("sacrebleu ")
 
 
 # --------------------------------------------------------------------------------------------
@@ -106,13 +183,49 @@ def test_bleu_matches_hand_computed_values():
     assert M.bleu(["x"], [["y"]]) == 0.0
 
 
-def test_self_bleu():
+@needs_sacrebleu
+@pytest.mark.parametrize(
+    "hypothesis,references",
+    [("the cat sat on the mat", ["the cat sat on a mat"]),
+     ("the cat sat on the mat today", ["the cat sat on a mat", "a dog sat on the mat", "the cat is here"]),
+     ("one two three four five", ["six seven eight nine ten"]),
+     ("the quick brown fox jumps over the lazy dog", ["the quick brown fox", "the lazy dog sleeps all day long"])],
+)
+def test_sacrebleu_agrees_with_the_builtin_bleu(hypothesis, references):
+    # Lower-case words of 4 or more, no punctuation: 13a tokenisation is the words, every order
+    # has n-grams, so both are NLTK's method 1 and agree exactly.
+    builtin = M.bleu(hypothesis.split(), [r.split() for r in references])
+    assert M.sacrebleu_sentence_bleu(hypothesis, references) == pytest.approx(builtin, abs=1e-9)
+
+
+@needs_sacrebleu
+def test_sacrebleu_differs_where_documented():
+    # A 2-word hypothesis: sacrebleu's effective order averages the 2 orders it has (1.0);
+    # the built-in BLEU smooths the missing orders (0.1 each) instead.
+    hyp, ref = "the cat", "the cat"
+    assert M.sacrebleu_sentence_bleu(hyp, [ref]) == pytest.approx(1.0)
+    assert M.bleu(hyp.split(), [ref.split()]) == pytest.approx(math.sqrt(0.1))
+    # Punctuation: 13a keeps "." as a token (a matched unigram), words() drops it.
+    assert M.sacrebleu_sentence_bleu("a b c d .", ["a b c d ."]) == pytest.approx(1.0)
+    assert M.bleu(M.words("a b c x ."), [M.words("a b c d .")]) != pytest.approx(
+        M.sacrebleu_sentence_bleu("a b c x .", ["a b c d ."]))
+
+
+def test_self_bleu(no_spacy):
     assert M.self_bleu(["a b c d e", "a b c d e", "a b c d e"]) == pytest.approx(1.0)
     assert M.self_bleu(["a b c d", "e f g h"]) == 0.0
     assert math.isnan(M.self_bleu(["only one"]))
     # Each against the other: symmetric here, so the mean is the pair's BLEU.
     pair = ["the cat sat on the mat", "the cat sat on a mat"]
     assert M.self_bleu(pair) == pytest.approx((1 / 12) ** 0.25)
+
+
+@needs_sacrebleu
+def test_self_bleu_with_sacrebleu():
+    pair = ["the cat sat on the mat", "the cat sat on a mat"]
+    assert M.self_bleu(pair) == pytest.approx((1 / 12) ** 0.25)
+    assert M.self_bleu(["a b c d e"] * 3) == pytest.approx(1.0)
+    assert M.self_bleu(["a b c d", "e f g h"]) == 0.0
 
 
 def test_self_similarity_and_unique_fraction():
@@ -127,12 +240,61 @@ def test_self_similarity_and_unique_fraction():
 
 
 def test_curve_value_interpolates_and_never_extrapolates():
-    assert report.curve_value(0.5, [1.0, 0.0], [0.0, 1.0]) == pytest.approx(0.5)
-    assert math.isnan(report.curve_value(1.5, [0.0, 1.0], [1.0, 0.0]))
-    assert report.verdict(0.01, 0.2) == "reproduces"
-    assert report.verdict(-0.2, -0.01) == "contradicted"
-    assert report.verdict(-0.1, 0.1) == "inconclusive"
-    assert report.verdict(1.2, 1.5, null=1.0) == "reproduces"
+    assert stats.curve_value(0.5, [1.0, 0.0], [0.0, 1.0]) == pytest.approx(0.5)
+    assert math.isnan(stats.curve_value(1.5, [0.0, 1.0], [1.0, 0.0]))
+    assert stats.verdict(0.01, 0.2) == "reproduces"
+    assert stats.verdict(-0.2, -0.01) == "contradicted"
+    assert stats.verdict(-0.1, 0.1) == "inconclusive"
+    assert stats.verdict(1.2, 1.5, null=1.0) == "reproduces"
+
+
+def _trivia_cols(acc, adist):
+    n = len(acc)
+    nan = np.full(n, np.nan)
+    return {"acc": np.asarray(acc, float), "em": np.zeros(n), "pass": np.asarray(acc, float) > 0,
+            "adist": np.asarray(adist, float), "wdist": nan, "wssim": nan, "ssim": nan, "words": np.ones(n)}
+
+
+def test_claims_judge_a_frontier_and_a_difference_from_data():
+    from real_vllm.quality.run import Point
+
+    n = 40
+    rng = np.random.default_rng(0)
+    st = stats.Stats(seeds=4, splits={"trivia": ["tune", "test"] * (n // 2)}, bootstrap=300)
+    pts = {"greedy": Point("greedy", "greedy", 0.0, also=("top_p",)),
+           "top_p=1": Point("top_p", "top_p=1", 1.0, 1.0),
+           "real decay=4": Point("real", "real decay=4", 1.0, extra=(("sampler", "real"),), default=True),
+           "sled": Point("sled", "sled", 0.0, default=True), "dola": Point("dola", "dola", 0.0, default=True)}
+    # Baseline curve from (diversity 0.25, accuracy 0.6) to (1.0, 0.2); REAL at diversity 0.6
+    # with accuracy 0.7 (the curve there: 0.41); SLED as accurate as greedy, DoLa far below.
+    values = {"greedy": (0.6, 0.25), "top_p=1": (0.2, 1.0), "real decay=4": (0.7, 0.6), "sled": (0.6, 0.25),
+              "dola": (0.1, 0.25)}
+    for label, (acc, div) in values.items():
+        right = (rng.random((n, 4)) < acc).mean(1) if label != "sled" else None
+        st.cols[(label, "trivia")] = _trivia_cols(right if right is not None else st.cols[("greedy", "trivia")]["acc"],
+                                                  np.full(n, div))
+        st.points[label] = pts[label]
+    rows, lines = claims.judge(st)
+    real = [r for r in rows if r.method == "real" and r.primary is False and "accuracy gain" in r.measure]
+    assert real and real[0].verdict == "reproduces"  # the trivia row is context for REAL (wiki decides)
+    assert any("**REAL**" in line and "not measured" not in line for line in lines) is False  # no wiki: no verdict
+    sled = {r.measure: r for r in rows if r.method == "sled"}
+    assert sled["trivia: accuracy, SLED minus greedy (greedy decoding)"].estimate.est == 0.0
+    assert sled["trivia: accuracy, SLED minus dola (greedy decoding)"].verdict == "reproduces"
+    assert any(line.startswith("- **SLED**") and "**inconclusive**" in line for line in lines)
+
+
+def test_caveats_come_from_the_run_record():
+    tools = M.TextTools("NER X", "splitter Y", "BLEU Z")
+    given = render.caveats({"model": "Qwen3-1.7B", "model_parameters": 1_720_000_000,
+                            "real_thf": {"path": "/ckpt/qwen-thf", "shipped": False}}, tools, {"real", "vs"})
+    assert "Qwen3-1.7B (1,720M parameters)" in given and "/ckpt/qwen-thf" in given and "135M" not in given
+    assert "home-made" not in given and "NER X" in given and "VS candidates" in given
+    shipped = render.caveats({"model": "SmolLM2-135M-Instruct", "model_parameters": 134_515_008,
+                              "real_thf": {"path": "real_vllm/thf/checkpoints/smollm2", "shipped": True}}, tools, {"real"})
+    assert "(135M parameters)" in shipped and "home-made" in shipped and "VS candidates" not in shipped
+    old = render.caveats({"model": "m"}, tools, {"real"})  # a run saved before the record existed
+    assert "parameter count not recorded" in old and "THF was not recorded" in old
 
 
 # --------------------------------------------------------------------------------------------
@@ -152,6 +314,22 @@ def test_data_splits_are_fixed_and_balanced():
     assert {t.split for t in trivia} == {data.split_of(t.question) for t in trivia}
     sources = {t.source for t in data.red_trivia_items()} | {t.source for t in data.fanoutqa_items()[:1]}
     assert sources == set(data.TRIVIA_LISTS) | {"fanoutqa"}
+
+
+def test_splits_use_the_shared_unit_hash_with_the_old_formula():
+    from real_vllm.quality import data
+    from real_vllm.utils import unit_hash
+
+    def old_unit_hash(text, salt):  # quality/data.py's own copy before real_vllm.utils had one
+        return int.from_bytes(hashlib.sha256(f"{salt}\0{text}".encode("utf-8")).digest()[:8], "big") / 2.0 ** 64
+
+    assert data.unit_hash is unit_hash
+    for key in ("Albert Einstein", "What is 2 + 2?", "wiki:Paris#0", ""):
+        for salt in ("real_vllm.quality.split", "real_vllm.quality.order", "real_vllm.quality.seed"):
+            assert unit_hash(key, salt) == old_unit_hash(key, salt)
+    assert unit_hash("Albert Einstein", "real_vllm.quality.split") == 0.8490636185649331  # pinned: "test"
+    assert data.split_of("Albert Einstein") == "test"
+    assert all(w.split == data.split_of(w.title) for w in data.wiki_prompts(3))
 
 
 def test_data_reads_an_archive_when_the_package_is_not_installed(tmp_path, monkeypatch):
@@ -208,8 +386,11 @@ def test_eval_quick_end_to_end(tiny_model_dir, tmp_path, monkeypatch):
         for name in ("ne_er", "distinct_4", "self_bleu", "accuracy", "answer_distinct"):
             value = float(r[name])
             assert math.isnan(value) or 0 <= value <= 1, (r["label"], name, value)
+    tools = M.text_tools()
+    assert {(r["ner"], r["sentence_splitter"], r["bleu"]) for r in rows} == {(tools.ner, tools.sentence_splitter, tools.bleu)}
     assert csv_path.with_suffix(".png").stat().st_size > 10_000
     md = csv_path.with_suffix(".md").read_text()
+    assert tools.ner in md and "135M" not in md and str(thf.resolve()) in md  # caveats: this run's model and THF
     for name in ("REAL", "SLED", "EDT", "Verbalized Sampling"):
         assert f"**{name}**" in md
     samples = tmp_path / (csv_path.stem + "_samples.json.gz")

