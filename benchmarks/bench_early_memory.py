@@ -31,12 +31,12 @@ def _processor(method: str, layers: int, batch: int, mixed: bool):
     from vllm import SamplingParams
     from vllm.v1.sample.logits_processor import BatchUpdate
 
-    from real_vllm.integration import early_layers
+    from real_vllm.integration import early_models
     from real_vllm.integration.early_processor import EarlyLayerLogitsProcessor
 
     hf = SimpleNamespace(**{
-        early_layers.SLED_LAYERS: list(range(layers)), early_layers.DOLA_LAYERS: list(range(layers)),
-        early_layers.SLED_NORM: False, early_layers.DOLA_NORM: False,
+        early_models.SLED_LAYERS: list(range(layers)), early_models.DOLA_LAYERS: list(range(layers)),
+        early_models.SLED_NORM: False, early_models.DOLA_NORM: False,
     })
     config = SimpleNamespace(additional_config={"sampler": method}, scheduler_config=SimpleNamespace(max_num_seqs=batch),
                              model_config=SimpleNamespace(hf_config=hf))
@@ -51,7 +51,7 @@ def peak_bytes(method: str, batch: int, vocab: int, layers: int, hidden: int = 6
     """Peak bytes torch's CPU allocator held during one processor step, beyond its inputs."""
     from torch.profiler import ProfilerActivity, profile
 
-    from real_vllm.integration import early_layers
+    from real_vllm.integration import tap
 
     proc = _processor(method, layers, batch, mixed)
     g = torch.Generator().manual_seed(seed)
@@ -62,7 +62,7 @@ def peak_bytes(method: str, batch: int, vocab: int, layers: int, hidden: int = 6
     def norm(h):
         return h / h.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt()
 
-    early_layers.TAP.rows = early_layers.EarlyRows(tuple(range(layers)), hidden_states, norm=norm, weight=weight)
+    tap.TAP.rows = tap.EarlyRows(tuple(range(layers)), hidden_states, norm=norm, weight=weight)
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         out = proc.apply(logits)
         del out

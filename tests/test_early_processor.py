@@ -8,7 +8,8 @@ from vllm import SamplingParams
 from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
 
 from real_vllm import ops, reference
-from real_vllm.integration import early_layers
+from real_vllm.integration import early_models
+from real_vllm.integration.tap import TAP, EarlyRows
 from real_vllm.integration.early_processor import EarlyLayerLogitsProcessor
 from tests.mrv2 import MRV2
 
@@ -19,8 +20,8 @@ SLED_LAYERS, DOLA_LAYERS = [0, 2, 3], [1, 3]
 
 def config():
     hf = SimpleNamespace(**{
-        early_layers.SLED_LAYERS: SLED_LAYERS, early_layers.DOLA_LAYERS: DOLA_LAYERS,
-        early_layers.SLED_NORM: False, early_layers.DOLA_NORM: True,
+        early_models.SLED_LAYERS: SLED_LAYERS, early_models.DOLA_LAYERS: DOLA_LAYERS,
+        early_models.SLED_NORM: False, early_models.DOLA_NORM: True,
     })
     return SimpleNamespace(additional_config={"sampler": "sled"}, scheduler_config=SimpleNamespace(max_num_seqs=8),
                            model_config=SimpleNamespace(hf_config=hf))
@@ -33,7 +34,7 @@ def norm(h):
 def tap(rows, gen):
     hidden = torch.randn(len(TAPPED), rows, H, generator=gen)
     weight = torch.randn(V + 3, H, generator=gen)  # vLLM pads lm_head's rows
-    early_layers.TAP.rows = early_layers.EarlyRows(TAPPED, hidden, norm=norm, weight=weight, scale=1.0)
+    TAP.rows = EarlyRows(TAPPED, hidden, norm=norm, weight=weight, scale=1.0)
     return hidden, weight
 
 
@@ -63,7 +64,7 @@ def check(proc, batch, gen, ctx=None, order=None):
         params = batch[i] if order is None else batch[order[i]]
         want = expected(x[i], hidden[:, i], weight, params)
         torch.testing.assert_close(out[i], want, rtol=1e-4, atol=1e-4)
-    assert early_layers.TAP.rows is None, "the tap must be emptied every step"
+    assert TAP.rows is None, "the tap must be emptied every step"
     return out
 
 
@@ -101,11 +102,11 @@ def test_without_a_tap_rows_are_left_alone_and_a_stale_tap_is_not_used():
     proc = EarlyLayerLogitsProcessor(config(), torch.device("cpu"), False)
     proc.update_state(BatchUpdate(2, removed=[], added=[(0, p(), [], []), (1, p(), [], [])], moved=[]))
     x = torch.randn(2, V, generator=gen)
-    early_layers.TAP.rows = None
+    TAP.rows = None
     assert torch.equal(proc.apply(x.clone()), x)
     tap(3, gen)  # rows of another batch shape: not this step's
     assert torch.equal(proc.apply(x.clone()), x)
-    assert early_layers.TAP.rows is None
+    assert TAP.rows is None
 
 
 def test_rows_and_vocabulary_chunks_change_nothing(monkeypatch):

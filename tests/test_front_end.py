@@ -13,7 +13,7 @@ from vllm import SamplingParams
 
 import real_vllm.integration.plugin as plugin
 from real_vllm import cli
-from real_vllm.integration import processor, startup
+from real_vllm.integration import frontend, processor, startup
 from real_vllm.methods import check_vllm_params, near_miss, parse_sampler_args
 
 plugin.register()
@@ -114,7 +114,7 @@ def test_vllm_params_that_would_stack_with_edt_or_real(sampler, params, refused)
 
 
 def test_validate_params_applies_the_rules_to_the_server_default(monkeypatch):
-    monkeypatch.setitem(processor.SERVED, "defaults", {"sampler": "edt"})
+    monkeypatch.setitem(frontend.SERVED, "defaults", {"sampler": "edt"})
     validate = processor.RealVllmLogitsProcessor.validate_params
     with pytest.raises(ValueError, match=r"temperature 0.7 cannot be combined with sampler edt \(the server's default\)"):
         validate(SamplingParams(temperature=0.7))
@@ -122,7 +122,7 @@ def test_validate_params_applies_the_rules_to_the_server_default(monkeypatch):
     validate(SamplingParams(temperature=1.0))
     with pytest.raises(ValueError, match="did you mean 'sampler'"):
         validate(SamplingParams(extra_args={"samplr": "none"}))
-    monkeypatch.setitem(processor.SERVED, "defaults", {})
+    monkeypatch.setitem(frontend.SERVED, "defaults", {})
     validate(SamplingParams(temperature=0.7))
 
 
@@ -135,13 +135,13 @@ def test_beam_search_is_refused_with_a_sampler(monkeypatch):
 
     startup.refuse_beam_search_with_a_sampler()
     body = dict(model="m", prompt="The", max_tokens=4, n=2, use_beam_search=True)
-    monkeypatch.setitem(processor.SERVED, "defaults", {})
+    monkeypatch.setitem(frontend.SERVED, "defaults", {})
     CompletionRequest(**body).to_beam_search_params(4, {})
     CompletionRequest(**body, vllm_xargs={"sampler": "none"}).to_beam_search_params(4, {})
     with pytest.raises(VLLMValidationError, match="use_beam_search cannot run sampler edt:") as e:
         CompletionRequest(**body, vllm_xargs={"sampler": "edt"}).to_beam_search_params(4, {})
     assert e.value.parameter == "use_beam_search"
-    monkeypatch.setitem(processor.SERVED, "defaults", {"sampler": "real"})
+    monkeypatch.setitem(frontend.SERVED, "defaults", {"sampler": "real"})
     with pytest.raises(VLLMValidationError, match=r"sampler real \(the server's default\)"):
         CompletionRequest(**body).to_beam_search_params(4, {})
     CompletionRequest(**body, vllm_xargs={"sampler": "none"}).to_beam_search_params(4, {})
@@ -157,7 +157,7 @@ def build(model_dir, **kwargs):
 
 
 def test_front_end_refuses_bad_server_settings_before_any_engine(tiny_model_dir, tmp_path, monkeypatch):
-    monkeypatch.setitem(processor.SERVED, "defaults", {})
+    monkeypatch.setitem(frontend.SERVED, "defaults", {})
     with pytest.raises(startup.StartupError, match="cannot load the THF checkpoint"):
         build(tiny_model_dir, additional_config={"sampler": "real", "real_thf": str(tmp_path / "missing")})
     with pytest.raises(startup.StartupError, match="did you mean 'sampler'"):
@@ -172,7 +172,7 @@ def test_front_end_refuses_bad_server_settings_before_any_engine(tiny_model_dir,
     with pytest.raises(startup.StartupError, match="pipeline"):  # the hook's own refusals, too
         build(tiny_model_dir, pipeline_parallel_size=2, additional_config={"sampler": "sled"})
     build(tiny_model_dir, additional_config={"sampler": "edt", "edt_t0": 0.7})
-    assert processor.SERVED["defaults"] == {"sampler": "edt", "edt_t0": 0.7}
+    assert frontend.SERVED["defaults"] == {"sampler": "edt", "edt_t0": 0.7}
 
 
 def _cli(args, timeout=300):

@@ -11,6 +11,7 @@ from vllm.v1.sample.logits_processor import BatchUpdate
 from real_vllm import reference
 from real_vllm.integration.early_processor import EarlyLayerLogitsProcessor
 from real_vllm.integration.processor import RealVllmLogitsProcessor
+from real_vllm.integration.windows import WindowReader
 from real_vllm.methods.edt import MIN_SCALE
 from tests import test_early_processor as early
 from tests.mrv2 import MRV2
@@ -141,16 +142,14 @@ def test_v1_cross_tokenizer_history_skips_placeholders(tiny_model_dir, monkeypat
     served = AutoTokenizer.from_pretrained(str(tiny_model_dir))
     ids = served("The value of the key is returned; otherwise a KeyError is raised.", add_special_tokens=False)["input_ids"]
     retok = Retokenizer(served, served, window=16)
-    proc = RealVllmLogitsProcessor.__new__(RealVllmLogitsProcessor)
-    proc.req_states = None
-    proc.thf = type("T", (), {"retokenizer": retok})()
+    reader = WindowReader(16, torch.device("cpu"), retokenizer=retok)
     prompt, output = ids[:4], ids[4:7] + [-1, -1]
-    proc.slots = type("S", (), {"tokens": [(prompt, output, TextHistory())]})()
-    with_placeholders = proc._retokenized(np.array([0]))
+    kept = [(prompt, output, TextHistory())]
+    with_placeholders = reader.retokenized(kept, np.array([0]))
     clean = TextHistory()
     assert with_placeholders == retok.windows([clean], [ids[:7]])
     output[-2:] = ids[7:9]  # filled in: the history takes them next step, none lost
-    assert proc._retokenized(np.array([0])) == retok.windows([clean], [ids[7:9]])
+    assert reader.retokenized(kept, np.array([0])) == retok.windows([clean], [ids[7:9]])
 
 
 def test_the_config_fakes_name_fields_of_vllms_config_classes():

@@ -66,6 +66,8 @@ SECONDS_BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0
 # What each part of real_vllm:step_seconds measures.
 PARTS = {
     "edt_real": "the EDT/REAL processor's whole apply() (THF forward included)",
+    "edt": "EDT: the entropy pass and the scaling",
+    "real": "REAL: the thresholds (THF forward included) and the nucleus",
     "thf": "REAL's THF forward (windows, THF, residual entropy)",
     "early": "the SLED/DoLa processor's whole apply() (projections included)",
     "sled": "SLED: the early layers' logits and the evolution",
@@ -222,6 +224,8 @@ class Recorder:
         self.seconds: dict[str, _Histogram] = {}
         self.temperature = DeviceHistogram(TEMPERATURE_BUCKETS, self.device)
         self.top_p = DeviceHistogram(TOP_P_BUCKETS, self.device)
+        # method -> (metric, histogram) of the per-row values its apply() returns
+        self.method_values = {"edt": ("edt_temperature", self.temperature), "real": ("real_top_p", self.top_p)}
         self._lock = threading.Lock()
         self._files = {}
         self._thread = None
@@ -252,14 +256,11 @@ class Recorder:
         hist.observe(seconds)
         self._touch()
 
-    def temperatures(self, values: torch.Tensor | None) -> None:
-        if self.enabled and values is not None:
-            self.temperature.add(values)
-            self._touch()
-
-    def top_ps(self, values: torch.Tensor | None) -> None:
-        if self.enabled and values is not None:
-            self.top_p.add(values)
+    def method_rows(self, method: str, values: torch.Tensor | None) -> None:
+        """Count the per-row values a method's apply() returned (its rows only; None: not
+        recorded this step) in that method's histogram, if it has one."""
+        if self.enabled and values is not None and method in self.method_values:
+            self.method_values[method][1].add(values)
             self._touch()
 
     # --------------------------------------------------------------- files
@@ -313,7 +314,7 @@ class Recorder:
 
             for part, hist in list(self.seconds.items()):
                 histogram("step_seconds", SECONDS_BUCKETS, list(hist.counts), hist.sum, ["part"], [part])
-            for metric, device_hist in (("edt_temperature", self.temperature), ("real_top_p", self.top_p)):
+            for metric, device_hist in list(self.method_values.values()):
                 snap = device_hist.snapshot()
                 if snap is not None and snap[0] and any(snap[0]):
                     histogram(metric, device_hist.bounds_list, *snap)
@@ -348,25 +349,12 @@ def recorder(vllm_config: VllmConfig, device: torch.device) -> Recorder:
     return found
 
 
-def rows_of(processor, method: str, values: torch.Tensor, requests, ctx) -> torch.Tensor | None:
-    """The entries of a per-row device tensor that belong to rows running ``method`` (no sync):
-    all of them when every request of the step runs it, else the rows of those that do,
-    indexed with a host-built index; None with speculative-decoding drafts in a mixed batch
-    (rows map to requests on the device only: not recorded)."""
-    runs = processor.slots.runs[method][requests]
-    if runs.all():
-        return values
-    if processor._has_drafts(values.shape[0], ctx):
-        return None
-    return values[processor._to_device(np.flatnonzero(runs))]
-
-
 # ----------------------------------------------------------------------------- start-up summary
 
 def log_startup_summary(vllm_config: VllmConfig, defaults: dict, thf, thf_status: str) -> None:
     """Once per engine (tensor-parallel rank 0): what this server serves."""
     from real_vllm import __version__
-    from real_vllm.integration import early_layers
+    from real_vllm.integration import early_models
     from real_vllm.methods import SAMPLERS, uses_early_layers
 
     rec = recorder(vllm_config, torch.device("cpu"))
@@ -374,8 +362,8 @@ def log_startup_summary(vllm_config: VllmConfig, defaults: dict, thf, thf_status
         return
     rec.summarised = True
     hf_config = getattr(vllm_config.model_config, "hf_config", None)
-    sled_layers = getattr(hf_config, early_layers.SLED_LAYERS, None)
-    dola_layers = getattr(hf_config, early_layers.DOLA_LAYERS, None)
+    sled_layers = getattr(hf_config, early_models.SLED_LAYERS, None)
+    dola_layers = getattr(hf_config, early_models.DOLA_LAYERS, None)
     wrapped = sled_layers is not None or dola_layers is not None
     served = [s for s in SAMPLERS if wrapped or not uses_early_layers(s)]
     if thf is None:

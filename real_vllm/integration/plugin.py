@@ -47,7 +47,7 @@ def register() -> None:
             ", ".join(VERIFIED_VLLM),
         )
         return
-    from real_vllm.integration.early_layers import register_all
+    from real_vllm.integration.early_models import register_all
 
     register_all()
     _add_sampler_flag(EngineArgs)
@@ -151,7 +151,8 @@ def _hook_engine_config(engine_args_cls) -> None:
     switch the model to its early-layer wrapper (an hf_overrides callable) and refuse the
     combinations that cannot work; after: record, for validate_params in this process,
     whether SLED/DoLa requests can be served."""
-    from real_vllm.integration import early_layers
+    from real_vllm.integration import early_models
+    from real_vllm.integration.frontend import SERVED
     from real_vllm.methods import uses_early_layers
     from real_vllm.methods.early_layers import EarlyLayerSettings
 
@@ -201,11 +202,9 @@ def _hook_engine_config(engine_args_cls) -> None:
                     f"real_vllm: --sampler {sampler} does not support batch-sharded sampling "
                     "(--enable-batch-sharded-sampling); leave it off"
                 )
-            if not isinstance(self.hf_overrides, early_layers.EarlyLayerOverrides):
-                self.hf_overrides = early_layers.EarlyLayerOverrides(settings, self.hf_overrides)
+            if not isinstance(self.hf_overrides, early_models.EarlyLayerOverrides):
+                self.hf_overrides = early_models.EarlyLayerOverrides(settings, self.hf_overrides)
         config = original(self, *args, **kwargs)
-        from real_vllm.integration.processor import SERVED
-
         # vLLM's V1 runner loads no entry-point logits processor under speculative decoding
         # (build_logitsprocs), so nothing of real_vllm would run; Model Runner V2 runs them on
         # every draft row, which EDT and REAL handle.
@@ -217,8 +216,8 @@ def _hook_engine_config(engine_args_cls) -> None:
                 "V2 (the default on CUDA; VLLM_USE_V2_MODEL_RUNNER=1) or drop one of them"
             )
         if needs_early:
-            early_layers.check_wrapped(config.model_config.hf_config)
-        early_layers.SERVED["early_layers"] = needs_early
+            early_models.check_wrapped(config.model_config.hf_config)
+        SERVED["early_layers"] = needs_early
         return config
 
     engine_args_cls.create_engine_config = create_engine_config

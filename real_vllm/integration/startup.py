@@ -31,7 +31,7 @@ class StartupError(ValueError):
 def check_server(vllm_config: VllmConfig) -> dict[str, Any]:
     """Validate real_vllm's server settings in the front end; return the server defaults
     (also recorded for validate_params in this process). Raises StartupError."""
-    from real_vllm.integration.processor import SERVED, server_defaults
+    from real_vllm.integration.frontend import SERVED, server_defaults
     from real_vllm.methods import KNOWN_PARAMS, SAMPLERS, SERVER_KEYS, near_miss
 
     extra = dict(getattr(vllm_config, "additional_config", None) or {})
@@ -98,7 +98,7 @@ def refuse_beam_search_with_a_sampler() -> None:
     from vllm.entrypoints.openai.completion.protocol import CompletionRequest
     from vllm.exceptions import VLLMValidationError
 
-    from real_vllm.integration.processor import SERVED
+    from real_vllm.integration.frontend import SERVED
 
     for cls in (ChatCompletionRequest, CompletionRequest):
         if getattr(cls, _PATCHED, False):

@@ -12,29 +12,21 @@ import numpy as np
 import torch
 
 from real_vllm.methods import SamplerRequest
-
-# method -> {column: identity value}; the column names are the request parameters.
-COLUMNS: dict[str, dict[str, float]] = {
-    "edt": {"edt_t0": 1.0, "edt_n": 0.8, "edt_theta": 0.0},
-    "real": {"real_p0": 1.0, "real_decay_temperature": 1e9},  # 1e9: real.TOP_P_DECAY, no THF
-}
-EARLY_COLUMNS: dict[str, dict[str, float]] = {
-    "sled": {"sled_alpha": 0.0, "sled_k": 1.0, "sled_lower_bound": -1000.0},
-    "dola": {"dola_relative_top": 1.0, "dola_divergence": 0.0},  # divergence: a Divergence code
-}
+from real_vllm.methods.base import Method
 
 
 class SlotTable:
-    """Slot-indexed parameters of the methods in ``columns`` (COLUMNS or EARLY_COLUMNS)."""
+    """Slot-indexed parameters of ``methods``: one float32 column per request parameter, the
+    method's identity value in the slots of requests that do not run it."""
 
-    def __init__(self, num_slots: int, device: torch.device, pin_memory: bool = False, columns=COLUMNS):
+    def __init__(self, num_slots: int, device: torch.device, methods: tuple[Method, ...], pin_memory: bool = False):
         self.device = torch.device(device)
-        self.columns = columns
-        self.runs = {m: np.zeros(num_slots, dtype=bool) for m in columns}
+        self.methods = methods
+        self.runs = {m.name: np.zeros(num_slots, dtype=bool) for m in methods}
         self._host = {
             col: torch.full((num_slots,), ident, dtype=torch.float32, pin_memory=pin_memory)
-            for cols in columns.values()
-            for col, ident in cols.items()
+            for m in methods
+            for col, ident in m.columns().items()
         }
         # V1 only: (prompt ids, live output ids) of each slot's request, for REAL's window.
         self.tokens: list[tuple[list[int], list[int]] | None] = [None] * num_slots
@@ -46,12 +38,12 @@ class SlotTable:
         """Store a request's parameters (and, on V1, its token lists) in ``slot``; returns
         whether any method runs."""
         self.tokens[slot] = tokens
-        for method, cols in self.columns.items():
-            config = getattr(request, method)
-            self.runs[method][slot] = config is not None
-            for col, ident in cols.items():
-                field = type(config).PARAMS[col] if config is not None else None
-                self._host[col][slot] = getattr(config, field) if field else ident
+        for method in self.methods:
+            config = request.configs.get(method.name)
+            self.runs[method.name][slot] = config is not None
+            values = method.columns() if config is None else method.slot_values(config)
+            for col, value in values.items():
+                self._host[col][slot] = value
         self._dirty = True
         return any(r[slot] for r in self.runs.values())
 

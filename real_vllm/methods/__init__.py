@@ -4,31 +4,52 @@ A request names a sampler (``"sampler": "edt"``) and method-prefixed parameters
 (``"edt_t0": 0.7``) in ``SamplingParams.extra_args`` (``vllm_xargs`` over HTTP). The
 server-wide defaults (``--sampler``, ``--additional-config``) use the same names; a
 request's own values win.
+
+The methods are the modules of this package that define ``METHOD`` (a methods.base.Method):
+adding one is one file here plus its op (README, "Adding a method"). A sampler runs at most
+one method of each stage, in stage order: the early-layer methods replace the logits (before
+vLLM's penalties and temperature), then a temperature, then a truncation on the scaled logits;
+its name joins its methods with "+" (none, edt, real, edt+real, sled, sled+edt, ...).
 """
 
 from __future__ import annotations
 
+import importlib
+import itertools
+import pkgutil
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from real_vllm.methods import early_layers, real
-from real_vllm.methods.dola import DoLaConfig
-from real_vllm.methods.edt import EDTConfig
+from real_vllm.methods.base import Method, Stage
 from real_vllm.methods.params import _show
-from real_vllm.methods.real import REALConfig
-from real_vllm.methods.sled import SLEDConfig
 
-# The early-layer methods replace the logits (they run first, before vLLM's penalties and
-# temperature); then EDT's temperature; then REAL's nucleus on the scaled logits.
-EARLY_METHODS = ("sled", "dola")
-LATE_CHOICES = ((), ("edt",), ("real",), ("edt", "real"))
-# sampler name -> the methods it runs, in order: none, edt, real, edt+real, sled, sled+edt, ...
+
+def _discover() -> tuple[Method, ...]:
+    found = []
+    for info in pkgutil.iter_modules(__path__):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        if isinstance(getattr(module, "METHOD", None), Method):
+            found.append(module.METHOD)
+    return tuple(sorted(found, key=lambda m: (m.stage, m.name)))
+
+
+METHODS: tuple[Method, ...] = _discover()
+BY_NAME: dict[str, Method] = {m.name: m for m in METHODS}
+# sampler name -> the methods it runs, in order
 SAMPLERS: dict[str, tuple[str, ...]] = {
-    "+".join(methods) or "none": methods
-    for methods in (early + late for early in ((), *((m,) for m in EARLY_METHODS)) for late in LATE_CHOICES)
+    "+".join(names) or "none": names
+    for names in (
+        tuple(n for n in choice if n)
+        for choice in itertools.product(*([None, *(m.name for m in METHODS if m.stage is stage)] for stage in Stage))
+    )
 }
-METHOD_CONFIGS = {"edt": EDTConfig, "real": REALConfig, "sled": SLEDConfig, "dola": DoLaConfig}
+# Listed by early-layer method (none first), then by how many other methods, then by stage.
+SAMPLERS = dict(sorted(SAMPLERS.items(), key=lambda kv: (
+    [n for n in kv[1] if BY_NAME[n].reads_early_layers], len(kv[1]), [BY_NAME[n].stage for n in kv[1]])))
+EARLY_METHODS = tuple(m.name for m in METHODS if m.reads_early_layers)
+METHOD_CONFIGS = {m.name: m.config for m in METHODS}
 PARAM_PREFIXES = tuple(f"{m}_" for m in METHOD_CONFIGS)
 KNOWN_PARAMS = ("sampler", *(k for c in METHOD_CONFIGS.values() for k in c.PARAMS))
 # additional_config keys that configure the server (its flags), never a request.
@@ -74,17 +95,20 @@ def near_miss(key: str) -> str | None:
 
 @dataclass(frozen=True)
 class SamplerRequest:
-    """What one request asked for, validated."""
+    """What one request asked for, validated: its sampler and the config of each method the
+    sampler runs (``request.edt`` is EDT's config, None when the sampler does not run EDT)."""
 
     sampler: str = "none"
-    edt: EDTConfig | None = None
-    real: REALConfig | None = None
-    sled: SLEDConfig | None = None
-    dola: DoLaConfig | None = None
+    configs: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def methods(self) -> tuple[str, ...]:
         return SAMPLERS[self.sampler]
+
+    def __getattr__(self, name: str):
+        if name in BY_NAME:
+            return self.configs.get(name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
 
 def parse_sampler_args(
@@ -119,7 +143,7 @@ def parse_sampler_args(
             configs[method] = config_cls(**given)
     # Parameters of a method the sampler does not run are still validated (a server
     # default may turn that method on), but only the sampler's own methods are kept.
-    return SamplerRequest(sampler, **{m: c for m, c in configs.items() if m in SAMPLERS[sampler]})
+    return SamplerRequest(sampler, {m: c for m, c in configs.items() if m in SAMPLERS[sampler]})
 
 
 # vLLM's own sampling parameters that a method replaces, or that vLLM applies on one side of

@@ -22,7 +22,10 @@ from dataclasses import dataclass
 
 import torch
 
+import numpy as np
+
 from real_vllm import ops
+from real_vllm.methods.base import Method, Stage, row_chunks
 from real_vllm.methods.params import _show, require_number
 
 
@@ -52,6 +55,9 @@ class DoLaConfig:
     divergence: Divergence = Divergence.AUTHORS  # dola_divergence: "authors" or "jsd"
 
     PARAMS = {"dola_relative_top": "relative_top", "dola_divergence": "divergence"}
+    # Rows of other requests are never touched (the early-layer processor picks DoLa's rows);
+    # these fill their slots (divergence: a Divergence code).
+    IDENTITY = {"dola_relative_top": 1.0, "dola_divergence": 0.0}
 
     def __post_init__(self):
         object.__setattr__(
@@ -90,10 +96,28 @@ def rows_per_chunk(num_layers: int, vocab: int, early_dtype_bytes: int = 4, budg
     return max(1, int(ops.WORKING_MEMORY if budget is None else budget) // max(1, per_row))
 
 
-def apply_(logits: torch.Tensor, early_logits: torch.Tensor, relative_top, divergence="authors") -> None:
-    """Replace float32 [R, V] logits in place by DoLa's contrast with [L, R, V] early logits.
-    ``divergence``: "authors", "jsd", or a [R] tensor of Divergence codes. ops.dola_contrast's
-    own row blocks follow ops.WORKING_MEMORY as it is now."""
-    if isinstance(divergence, Divergence):
-        divergence = str(divergence)
-    ops.dola_contrast(logits, early_logits, relative_top, divergence, inplace=True, budget=ops.WORKING_MEMORY)
+class DoLa(Method):
+    name = "dola"
+    stage = Stage.EARLY_LAYERS
+    config = DoLaConfig
+
+    def apply(self, logits: torch.Tensor, step) -> None:
+        """Replace the DoLa rows of float32 [B, V] ``logits`` in place by the contrast with their
+        premature layer, in row chunks of rows_per_chunk() (ops.dola_contrast's own row blocks
+        follow ops.WORKING_MEMORY as it is now)."""
+        rows = step.rows(self.name)
+        if not len(rows):
+            return None
+        early, vocab = step.early, logits.shape[1]
+        rows_per_call = rows_per_chunk(early.num_layers(self.name), vocab, early.logits_dtype_bytes)
+        relative_top, codes = step.column("dola_relative_top"), step.column("dola_divergence")
+        for part, pick, target in row_chunks(logits, rows, rows_per_call):
+            chosen = np.unique(step.row_values("dola_divergence", part))
+            # one divergence for the chunk as a name (the common case), else per-row codes
+            divergence = str(Divergence(float(chosen[0]))) if len(chosen) == 1 else codes[pick]
+            ops.dola_contrast(target, early.logits(self.name, pick), relative_top[pick], divergence,
+                              inplace=True, budget=ops.WORKING_MEMORY)
+        return None
+
+
+METHOD = DoLa()

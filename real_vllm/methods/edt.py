@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from real_vllm import ops
+from real_vllm.methods.base import Method, Stage
 from real_vllm.methods.params import require_number
 
 MIN_SCALE = 1e-5  # the paper's floor on n ** (theta / H)
@@ -34,6 +35,8 @@ class EDTConfig:
     theta: float = 1.0  # edt_theta: how fast T falls with confidence, >= 0 (0 = plain t0)
 
     PARAMS = {"edt_t0": "t0", "edt_n": "n", "edt_theta": "theta"}
+    # theta = 0 makes T = t0 on every row (one-hot rows included), and t0 = 1 divides by 1.
+    IDENTITY = {"edt_t0": 1.0, "edt_n": 0.8, "edt_theta": 0.0}
 
     def __post_init__(self):
         object.__setattr__(self, "t0", require_number("edt_t0", self.t0, gt=0))
@@ -41,7 +44,16 @@ class EDTConfig:
         object.__setattr__(self, "theta", require_number("edt_theta", self.theta, ge=0))
 
 
-def apply_(logits: torch.Tensor, t0: torch.Tensor, n: torch.Tensor, theta: torch.Tensor):
-    """Scale float32 [B, V] logits in place by each row's EDT temperature; returns T [B]."""
-    _, temperature = ops.apply_edt(logits, t0, n, theta, MIN_SCALE, inplace=True)
-    return temperature
+class EDT(Method):
+    name = "edt"
+    stage = Stage.TEMPERATURE
+    config = EDTConfig
+
+    def apply(self, logits: torch.Tensor, step) -> torch.Tensor:
+        """Every row at once: rows of other requests hold the identity columns. Returns T [B]."""
+        _, temperature = ops.apply_edt(logits, step.column("edt_t0"), step.column("edt_n"),
+                                       step.column("edt_theta"), MIN_SCALE, inplace=True)
+        return temperature
+
+
+METHOD = EDT()

@@ -17,13 +17,18 @@ in float32 for every d below 29 nats, and d is an entropy difference (at most ln
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from real_vllm import ops
+from real_vllm.methods.base import Method, Stage
 from real_vllm.methods.params import require_number
-from real_vllm.thf.curves import threshold  # noqa: F401  (p_t = min(1, p0 exp(-d / decay)))
+from real_vllm.thf.curves import threshold
+
+logger = logging.getLogger("real_vllm")
 
 
 TOP_P_DECAY = 1e9
@@ -45,6 +50,8 @@ class REALConfig:
     decay_temperature: float = 4.0  # real_decay_temperature: > 0; larger = closer to top-p(p0)
 
     PARAMS = {"real_p0": "p0", "real_decay_temperature": "decay_temperature"}
+    # p0 = 1 at top-p decay: p_t = 1 keeps every token, and no THF forward is needed.
+    IDENTITY = {"real_p0": 1.0, "real_decay_temperature": TOP_P_DECAY}
 
     def __post_init__(self):
         object.__setattr__(self, "p0", require_number("real_p0", self.p0, gt=0, le=1))
@@ -55,6 +62,48 @@ class REALConfig:
         )
 
 
-def apply_(logits: torch.Tensor, top_p: torch.Tensor) -> None:
-    """Mask float32 [B, V] logits in place to each row's nucleus (p >= 1 leaves a row alone)."""
-    ops.top_p_mask(logits, top_p, inplace=True)
+class REAL(Method):
+    name = "real"
+    stage = Stage.TRUNCATION
+    config = REALConfig
+
+    def __init__(self):
+        self._warned_no_thf = False
+
+    def apply(self, logits: torch.Tensor, step) -> torch.Tensor:
+        """Mask each row to its nucleus of threshold p_t; returns p_t [B]."""
+        top_p = self.thresholds(step)
+        ops.top_p_mask(logits, top_p, inplace=True)
+        return top_p
+
+    def thresholds(self, step) -> torch.Tensor:
+        """p_t of every row: 1 for rows of other requests (the identity columns), p0 for REAL rows
+        at top-p decay (>= TOP_P_DECAY: no THF), the THF's forecast on the row's window for the
+        others, in one batched forward. What needs the THF is decided per request on the host;
+        the forward covers every row when every request needs it (no index at all), else,
+        without drafts, the requests that need it, else (drafts in a mixed batch: rows map to
+        requests on the device only) every row, the forecast kept where the row's decay asks
+        for one."""
+        p0, decay = step.column("real_p0"), step.column("real_decay_temperature")
+        forecast = step.runs("real") & (step.host_column("real_decay_temperature") < TOP_P_DECAY)
+        if not forecast.any():
+            return p0
+        if not step.forecaster_loaded:
+            if not self._warned_no_thf:
+                logger.error("real_vllm: REAL requested but no THF checkpoint is loaded "
+                             "(--real-thf PATH); those requests get plain top-p(real_p0)")
+                self._warned_no_thf = True
+            return p0
+        if forecast.all():
+            return threshold(step.residual_entropy(), p0, decay)
+        if not step.has_drafts:  # a row is a request
+            rows = np.flatnonzero(forecast)
+            index = step.to_device(rows)
+            thresholds = p0.clone()
+            thresholds[index] = threshold(step.residual_entropy(rows, index), p0[index], decay[index])
+            return thresholds
+        every = threshold(step.residual_entropy(), p0, decay)
+        return torch.where(decay < TOP_P_DECAY, every, p0)
+
+
+METHOD = REAL()

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from real_vllm import ops
+from real_vllm.methods.base import Method, Stage, row_chunks
 from real_vllm.methods.params import require_integer, require_number
 
 
@@ -29,6 +30,9 @@ class SLEDConfig:
     lower_bound: float = -1000.0  # sled_lower_bound: the logit every other token gets
 
     PARAMS = {"sled_alpha": "alpha", "sled_k": "k", "sled_lower_bound": "lower_bound"}
+    # Rows of other requests are never touched (the early-layer processor picks SLED's rows);
+    # these fill their slots: alpha = 0 leaves the top-k logits as they are.
+    IDENTITY = {"sled_alpha": 0.0, "sled_k": 1.0, "sled_lower_bound": -1000.0}
 
     def __post_init__(self):
         object.__setattr__(self, "alpha", require_number("sled_alpha", self.alpha, ge=0))
@@ -64,13 +68,34 @@ def plan(num_rows: int, num_layers: int, vocab: int, *, from_hidden: bool, logit
     return rows, max(1, min(vocab, chunk))
 
 
-def apply_(logits, early, alpha, k, lower_bound, chunk: int = ops.SLED_CHUNK) -> None:
-    """Evolve float32 [R, V] logits in place. ``early`` is the early-layer tap: either
-    (hidden [L, R, H], lm_head weight, logit scale) or full early logits [L, R, V]; ``chunk``:
-    the vocabulary rows of lm_head per GEMM in the first case (see plan())."""
-    if isinstance(early, torch.Tensor):
-        ops.sled_evolve(logits, early, alpha, k, lower_bound, inplace=True)
-    else:
-        hidden, weight, scale = early
-        ops.sled_evolve_from_hidden(logits, hidden, weight, alpha, k, lower_bound, logit_scale=scale, chunk=chunk,
-                                    inplace=True)
+class SLED(Method):
+    name = "sled"
+    stage = Stage.EARLY_LAYERS
+    config = SLEDConfig
+
+    def apply(self, logits: torch.Tensor, step) -> None:
+        """Evolve the SLED rows of float32 [B, V] ``logits`` in place, in row chunks sized by
+        plan() (vLLM's memory profiling never runs the processors, so the working memory must
+        stay small whatever the batch)."""
+        rows = step.rows(self.name)
+        if not len(rows):
+            return None
+        early = step.early
+        streamed = early.streams_from_hidden
+        rows_per_call, chunk = plan(len(rows), early.num_layers(self.name), logits.shape[1], from_hidden=streamed,
+                                    logits_dtype_bytes=early.logits_dtype_bytes)
+        alpha, lower_bound = step.column("sled_alpha"), step.column("sled_lower_bound")
+        for part, pick, target in row_chunks(logits, rows, rows_per_call):
+            k = torch.from_numpy(step.row_values("sled_k", part))  # the top-k width on the host: no sync
+            layers = early.streaming_input(self.name, pick) if streamed else early.logits(self.name, pick)
+            if streamed:
+                hidden, weight, scale = layers
+                ops.sled_evolve_from_hidden(target, hidden, weight, alpha[pick], k, lower_bound[pick],
+                                            logit_scale=scale, chunk=chunk, inplace=True)
+            else:
+                ops.sled_evolve(target, layers, alpha[pick], k, lower_bound[pick], inplace=True)
+            del layers
+        return None
+
+
+METHOD = SLED()

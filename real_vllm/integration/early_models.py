@@ -1,13 +1,13 @@
-"""Early-layer hidden states at exactly the sampled rows, for SLED and DoLa.
+"""The early-layer wrapper models: early-layer hidden states at exactly the sampled rows, for
+SLED and DoLa.
 
 vLLM computes logits as ``model.compute_logits(hidden_states[logits_indices])``. A wrapper
 model class (one per architecture, made here from vLLM's own class) returns the final hidden
 state concatenated with the residual streams of the chosen early layers (vLLM's EAGLE-3
 ``aux_hidden_state_layers`` machinery collects them), so the runner's own row gather picks the
 early states of the sampled rows; ``compute_logits`` splits them off, computes the ordinary
-logits from the final part and leaves the early rows in a per-process tap that the early-layer
-logits processor reads in the same step. Early logits are never materialised for the whole
-vocabulary here: SLED streams them chunk by chunk (ops.sled_evolve_from_hidden).
+logits from the final part and leaves the early rows in the per-process tap (tap.py) that the
+early-layer logits processor reads in the same step.
 
 The wrapper is chosen by ``EarlyLayerOverrides`` (an ``hf_overrides`` callable the plugin
 installs when the server's sampler needs early layers), so users never write --hf-overrides.
@@ -16,11 +16,10 @@ installs when the server's sampler needs early layers), so users never write --h
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 
+from real_vllm.integration.tap import TAP, EarlyRows
 from real_vllm.methods.early_layers import EarlyLayerSettings
 
 PREFIX = "RealVllmEarlyLayers"
@@ -71,94 +70,6 @@ def __getattr__(name: str):
         globals()[name] = cls
         return cls
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-# --------------------------------------------------------------------------- the tap
-
-
-@dataclass
-class EarlyRows:
-    """The early layers of the rows whose logits compute_logits just returned.
-
-    hidden: [L, R, H] residual streams, layers in ``layers`` order; norm: the model's final
-    norm (for the methods that apply it to early layers). Early logits are
-    ``scale * hidden @ weight[:V].T`` when lm_head is a plain local matrix (weight is set);
-    otherwise (tensor-parallel shards, a quantised head) ``project`` is vLLM's own logits
-    path, one vocabulary gather per layer."""
-
-    layers: tuple[int, ...]
-    hidden: torch.Tensor
-    norm: Callable[[torch.Tensor], torch.Tensor]
-    weight: torch.Tensor | None = None
-    scale: float = 1.0
-    project: Callable[[torch.Tensor], torch.Tensor] | None = None
-
-    @property
-    def num_rows(self) -> int:
-        return self.hidden.shape[1]
-
-    @property
-    def logits_dtype_bytes(self) -> int:
-        """Bytes per element of the early logits lm_head makes before they become float32."""
-        return (self.weight if self.weight is not None else self.hidden).element_size()
-
-    def hidden_of(self, layers: list[int], rows, normed: bool) -> torch.Tensor:
-        """[L', R', H] hidden states of ``layers`` at ``rows``: None (all), a slice or an index
-        tensor."""
-        index = torch.tensor([self.layers.index(n) for n in layers], device=self.hidden.device)
-        h = self.hidden.index_select(0, index)
-        if isinstance(rows, slice):
-            h = h[:, rows]
-        elif rows is not None:
-            h = h.index_select(1, rows)
-        if normed:
-            h = self.norm(h.reshape(-1, h.shape[-1])).reshape(h.shape)
-        return h
-
-    def sled_input(self, layers: list[int], rows, normed: bool):
-        """What methods.sled.apply_ takes: (hidden, weight, scale), or full early logits."""
-        h = self.hidden_of(layers, rows, normed)
-        if self.weight is not None:
-            return h, self.weight, self.scale
-        return self._projected(h)
-
-    def logits_of(self, layers: list[int], rows, normed: bool, vocab: int) -> torch.Tensor:
-        """Full early logits [L', R', V] float32 (DoLa needs whole distributions): one GEMM for
-        every layer and row (lm_head's weight is read once), scaled in place; the only other
-        copy is lm_head's own output when the weight is not float32."""
-        h = self.hidden_of(layers, rows, normed)
-        if self.weight is None:
-            return self._projected(h)
-        logits = torch.matmul(h.to(self.weight.dtype), self.weight[:vocab].T)
-        if self.scale != 1.0:
-            logits.mul_(self.scale)
-        return logits.float()
-
-    def _projected(self, h: torch.Tensor) -> torch.Tensor:
-        """vLLM's own logits path, one layer at a time into one float32 [L', R', V] tensor."""
-        first = self.project(h[0])
-        out = torch.empty((h.shape[0], *first.shape), dtype=torch.float32, device=first.device)
-        out[0].copy_(first)
-        del first
-        for i in range(1, h.shape[0]):
-            out[i].copy_(self.project(h[i]))
-        return out
-
-
-class _Tap:
-    """One per process (a worker serves one model): compute_logits fills it, the early-layer
-    logits processor empties it in the same step, whichever thread the runner samples on."""
-
-    rows: EarlyRows | None = None
-
-
-TAP = _Tap()
-
-
-def take_early_rows(num_rows: int) -> EarlyRows | None:
-    """The early rows of this step's logits (once), or None if they do not match."""
-    rows, TAP.rows = TAP.rows, None
-    return rows if rows is not None and rows.num_rows == num_rows else None
 
 
 def _make_wrapper(base: type, name: str) -> type:
@@ -245,26 +156,6 @@ class EarlyLayerOverrides:
         return config
 
 
-# --------------------------------------------------------------------------- the frontend
-
-# Set in the process that builds the engine config (the API server, or the LLM() caller),
-# which is where vLLM validates request parameters: None until an engine config is built
-# through the plugin's hook (then nothing is refused here).
-SERVED: dict[str, bool | None] = {"early_layers": None}
-
-
-def check_served(sampler: str) -> None:
-    """Refuse a SLED/DoLa request to a server whose model does not compute early layers."""
-    from real_vllm.methods import uses_early_layers
-
-    if uses_early_layers(sampler) and SERVED["early_layers"] is False:
-        raise ValueError(
-            f"sampler {sampler!r} needs early-layer hidden states, which this server does not "
-            "compute: start it with --sampler sled or --sampler dola (plain requests are still "
-            'served there with "sampler": "none")'
-        )
-
-
 def check_wrapped(hf_config) -> None:
     """After the engine config is built: the model must have become its wrapper."""
     architectures = list(getattr(hf_config, "architectures", None) or [])
@@ -273,5 +164,5 @@ def check_wrapped(hf_config) -> None:
             f"real_vllm: SLED/DoLa need early-layer hidden states, which real_vllm provides for "
             f"{', '.join(WRAPPABLE)}; this model is {architectures or 'of unknown architecture'}. "
             "An architecture with the same structure can be added with "
-            "real_vllm.integration.early_layers.register_architecture(...)"
+            "real_vllm.integration.early_models.register_architecture(...)"
         )
