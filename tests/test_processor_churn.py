@@ -4,7 +4,8 @@ removes with vLLM's condensing moves, adds, swaps, an add into the index a remov
 resumed requests that arrive with output; async placeholders in the live output lists) and of
 Model Runner V2 steps (vLLM's own RequestState: slots recycled through its free list, rows in a
 new order every step, draft rows), with requests of every sampler (none, edt, real, edt+real,
-sled, sled+edt+real, dola+real, ...) and random parameters.
+sled, sled+edt+real, dola+real, ...; on MRV2 not yet the early-layer methods composed with
+EDT or REAL: MRV2_MISORDERED) and random parameters.
 
 After every step each row must be its own request's transform, computed here independently:
 the reference ops (real_vllm.reference) composed in the methods' order (SLED or DoLa on the
