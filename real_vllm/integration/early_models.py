@@ -124,6 +124,12 @@ def _plain_local_lm_head(model, vllm_config) -> bool:
 # --------------------------------------------------------------------------- the config
 
 
+class LayerChoiceError(ValueError):
+    """A layer setting the served model cannot meet. vLLM calls the overrides inside its
+    ModelConfig, whose validation wraps this in pydantic's ValidationError; the plugin unwraps it
+    (plugin.py) so that it reaches the user as a start-up error."""
+
+
 class EarlyLayerOverrides:
     """An ``hf_overrides`` callable: switches the architecture to its early-layer wrapper and
     records the layers to tap (picklable, so it travels with the engine config)."""
@@ -146,7 +152,10 @@ class EarlyLayerOverrides:
             return config
         num_layers = text.num_hidden_layers
         tied = bool(getattr(text, "tie_word_embeddings", False))
-        sled, dola = self.settings.resolve(num_layers, tied)
+        try:
+            sled, dola = self.settings.resolve(num_layers, tied)
+        except ValueError as e:
+            raise LayerChoiceError(f"real_vllm: {e}") from None
         config.architectures = [wrapper_name(architectures[0])]
         setattr(config, SLED_LAYERS, sled)
         setattr(config, DOLA_LAYERS, dola)

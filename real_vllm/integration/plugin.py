@@ -165,8 +165,9 @@ def _hook_engine_config(engine_args_cls) -> None:
         try:
             config = _create_engine_config(self, *args, **kwargs)
         except ValueError as e:  # ours become StartupError: `real-vllm serve` prints them last, exit 2
-            if str(e).startswith("real_vllm:") and not isinstance(e, startup.StartupError):
-                raise startup.StartupError(str(e)) from None
+            ours = _our_error(e)
+            if ours is not None and not isinstance(e, startup.StartupError):
+                raise startup.StartupError(ours) from None
             raise
         startup.check_server(config)
         startup.refuse_beam_search_with_a_sampler()
@@ -219,5 +220,16 @@ def _hook_engine_config(engine_args_cls) -> None:
             early_models.check_wrapped(config.model_config.hf_config)
         SERVED["early_layers"] = needs_early
         return config
+
+    def _our_error(e: ValueError) -> str | None:
+        """The message of a real_vllm error, also when vLLM's config validation wrapped it
+        (pydantic's ValidationError, itself a ValueError, around our overrides' error)."""
+        if str(e).startswith("real_vllm:"):
+            return str(e)
+        for error in getattr(e, "errors", lambda: [])():
+            inner = (error.get("ctx") or {}).get("error")
+            if isinstance(inner, early_models.LayerChoiceError):
+                return str(inner)
+        return None
 
     engine_args_cls.create_engine_config = create_engine_config
