@@ -1,7 +1,7 @@
 """DoLa: Decoding by Contrasting Layers.
 
 Chuang et al., "DoLa: Decoding by Contrasting Layers Improves Factuality in Large Language
-Models", ICLR 2024, arXiv 2309.03883 (ALGORITHMS.md §4). Per step the premature layer M is the
+Models", ICLR 2024, arXiv 2309.03883 (docs/algorithms.md §5). Per step the premature layer M is the
 candidate layer whose next-token distribution diverges most from the final one, and the logits
 become log q_N - log q_M on the tokens with q_N >= relative_top * max q_N (-inf elsewhere).
 The paper recommends a repetition penalty of 1.2 with it (vLLM's own penalty applies after

@@ -1,7 +1,8 @@
 """EDT: entropy-based dynamic temperature.
 
 Zhang et al., "EDT: Improving Large Language Models' Generation by Entropy-based Dynamic
-Temperature Sampling", arXiv 2403.14541. Per row, on the raw logits l:
+Temperature Sampling", arXiv 2403.14541; the maths and defaults: docs/algorithms.md §1. Per
+row, on the raw logits l:
 
     H = entropy(softmax(l));  T = t0 * max(n ** (theta / H), MIN_SCALE);  l' = l / T
 

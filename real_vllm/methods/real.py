@@ -1,13 +1,11 @@
 """REAL sampling: Residual Entropy from Asymptotic Line.
 
 Chang et al., "REAL Sampling: Boosting Factuality and Diversity of Open-Ended Generation via
-Asymptotic Entropy", arXiv 2406.07735 (TACL 2025). Per step, a small THF model reads the
-last ``window`` tokens and predicts the entropy curve E(s) of the model family; with c its
-asymptote (an infinitely large model) and s_ref the largest trained size:
-
-    d = E(s_ref) - c;   p_t = min(1, p0 * exp(-d / decay_temperature))
-
-then the nucleus of threshold p_t is kept on the served model's own logits. Where the LLM
+Asymptotic Entropy", arXiv 2406.07735 (TACL 2025); the maths and defaults: docs/algorithms.md
+§2.2 (the threshold) and §3 (the nucleus). Per step, a small THF model reads the last
+``window`` tokens and forecasts the residual entropy d; the threshold is
+p_t = min(1, p0 * exp(-d / decay_temperature)) and the nucleus of threshold p_t is kept on the
+served model's own logits. Where the LLM
 is more uncertain than an ideal model would be (large d), the nucleus shrinks. With
 decay_temperature -> inf, p_t = p0: plain top-p. A decay_temperature of at least
 TOP_P_DECAY (1e9) is taken as infinite and skips the THF forward: exp(-d / 1e9) rounds to 1.0

@@ -1,12 +1,9 @@
 """SLED: Self Logits Evolution Decoding.
 
 Zhang et al., "SLED: Self Logits Evolution Decoding for Improving Factuality in Large Language
-Models", NeurIPS 2024, arXiv 2411.02433 (ALGORITHMS.md §3). The final logits take one
-approximate gradient step towards the "latent knowledge" the early layers point at:
-
-    l' = l_N - alpha * (softmax(l_N) - P_latent)   on the top-k tokens of l_N,
-    l' = lower_bound                               elsewhere.
-
+Models", NeurIPS 2024, arXiv 2411.02433; the maths and defaults: docs/algorithms.md §4. The
+final logits take one approximate gradient step towards the distribution the early layers
+point at, on the top-k tokens of the final logits (every other token gets lower_bound);
 alpha = 0 with k = V is plain decoding.
 """
 
