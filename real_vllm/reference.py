@@ -125,7 +125,8 @@ def sled_evolve(final_logits, early_logits, alpha=2.0, k=10, lower_bound=-1000.0
         grad = p_early[:, None, :] - onehot[None]  # [L, k, V]: the gradient of CE at e_i
         dot = (diff[:, None, :] * grad).sum(-1)
         cos = _cosine(dot, (diff**2).sum(-1)[:, None], (grad**2).sum(-1))
-        weight = cos.clamp_min(0) ** 2  # [L, k]
+        # A layer whose cosines are undefined (a non-finite early row) gives no vote.
+        weight = torch.nan_to_num(cos, nan=0.0).clamp_min(0) ** 2  # [L, k]
         total = weight.sum()
         latent = weight.sum(0) / total if total > 0 else torch.zeros(kb, device=x.device)
         out[b] = torch.where(finite, lower_bound[b], float("-inf"))

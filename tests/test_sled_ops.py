@@ -431,3 +431,17 @@ def test_device_k_with_max_k_needs_no_host_copy_and_gives_the_same_logits(gen):
         torch.testing.assert_close(wider, want, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="max_k"):
         ops.sled_evolve(x, early, 1.5, k, max_k=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_early_layer_with_a_masked_entry_gives_no_vote(backend, gen):
+    """docs/algorithms.md §7: one early layer's row with a -inf entry where the final logit is
+    finite has undefined cosines; that layer alone gives no vote, on every backend: SLED equals
+    SLED over the other layers."""
+    need(backend, 1000)
+    x = torch.randn(3, 1000, generator=gen) * 2
+    early = make_early(3, 3, 1000, gen)
+    early[1, :, 17] = -math.inf
+    got = ops.sled_evolve(x, early, 2.0, 10, backend=backend)
+    without = ops.sled_evolve(x, early[[0, 2]], 2.0, 10, backend="reference")
+    torch.testing.assert_close(got, without, atol=ATOL, rtol=RTOL)

@@ -22,13 +22,6 @@ SECTION = "\u00a7"
 CITED = re.compile(SECTION + r"\s?(\d+(?:\.\d+)*)(?:\s?[-\u2013]\s?(\d+(?:\.\d+)*))?")
 # The numbering agreed on while the spec was written; code and docs cite it.
 AGREED = {"1", "2", "2.1", "2.2", "2.3", "3", "4", "4.1", "4.2", "5", "6", "6.1", "6.2", "6.3", "7", "8"}
-# Files whose citations were repointed with the spec; the others are being repointed by
-# their owners (see test_citations's xfail).
-OWN = ("docs/algorithms.md", "csrc/", "kernels/", "real_vllm/ops.py", "real_vllm/reference.py",
-       "tests/hf_early.py", "tests/oracle.py", "tests/test_dola_authors.py", "tests/test_engine_sled.py",
-       "tests/test_ops.py", "tests/test_sled_ops.py", "tests/test_spec.py")
-
-
 def spec_sections(text: str) -> set[str]:
     """The section numbers of the spec's headings (lines starting with '#')."""
     return {m.group(1) for line in text.splitlines() if line.startswith("#") for m in CITED.finditer(line)}
@@ -79,10 +72,6 @@ def spec_defaults(text: str) -> dict[str, str]:
     return defaults
 
 
-def own(name: str) -> bool:
-    return any(name == o or (o.endswith("/") and name.startswith(o)) for o in OWN)
-
-
 @pytest.fixture(scope="module")
 def sections() -> set[str]:
     return spec_sections((ROOT / SPEC).read_text(encoding="utf-8"))
@@ -116,12 +105,8 @@ def test_the_check_catches_bad_citations():
     assert spec_defaults("| `edt_t0` | > 0 | 1.0 | [project] |\n| `a` | b |") == {"edt_t0": "1.0"}
 
 
-@pytest.mark.parametrize("whose", [
-    "own",
-    pytest.param("others", marks=pytest.mark.xfail(strict=False, reason="being repointed")),
-])
-def test_citations(whose, sections):
-    files = [name for name in repository_files() if own(name) == (whose == "own")]
+def test_citations(sections):
+    files = list(repository_files())
     assert files, "no files to check"
     found = [p for name in files if (text := text_of(name)) is not None for p in problems(name, text, sections)]
     assert not found, "\n".join(found)
