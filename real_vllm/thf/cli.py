@@ -9,6 +9,12 @@ REAL: arXiv 2406.07735. The pipeline, for a family of causal LMs that share one 
 A family member may be given as `default` (the embedded SmolLM2-135M-Instruct folder). `--corpus
 wiki` is the training part of the offline Wikipedia summaries (corpus.wiki_corpus). Each step
 resumes when rerun with the same arguments.
+
+One model's own depth is a family too (real_vllm/thf/lens.py): train its tuned lens, then collect
+the lens layers and the model itself as members:
+
+    real-vllm thf lens MODEL [--out LENS_DIR] [--layers every:5] [--tokens 8192]
+    real-vllm thf collect --family depth:MODEL[:LENS_DIR] --corpus wiki --out DATA
 """
 
 from __future__ import annotations
@@ -25,7 +31,8 @@ def _parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("collect", help="per-token entropies of a model family on a corpus")
     c.add_argument("--family", nargs="+", required=True, metavar="MODEL_DIR",
-                   help="Hugging Face causal-LM folders sharing one tokenizer (`default` = the embedded model)")
+                   help="Hugging Face causal-LM folders sharing one tokenizer (`default` = the embedded model), "
+                        "or depth:MODEL[:LENS_DIR]: the model's tuned-lens layers and the model itself")
     c.add_argument("--corpus", nargs="+", required=True, metavar="FILE",
                    help="text (.txt, blank-line separated), .json or .jsonl files, or `wiki`")
     c.add_argument("--out", required=True, help="output data folder (rerun to resume)")
@@ -36,6 +43,19 @@ def _parser() -> argparse.ArgumentParser:
                    help="model dtype (default float32 on CPU, bfloat16 on GPU)")
     c.add_argument("--max-tokens", type=int, default=None, help="cap on corpus tokens (whole documents)")
     c.add_argument("--valid-fraction", type=float, default=0.05, help="held-out share of documents (default 0.05)")
+
+    lens = sub.add_parser("lens", help="train a model's tuned lens (its depth family for collect)")
+    lens.add_argument("model", help="Hugging Face causal-LM folder (`default` = the embedded model)")
+    lens.add_argument("--out", default=None, help="lens folder (default: a folder per model in real_vllm's cache, "
+                                                  "where depth:MODEL looks)")
+    lens.add_argument("--layers", default="every:5", help="every:K (default every:5), all, or l1,l2,...")
+    lens.add_argument("--tokens", type=int, default=8192, help="training tokens (default 8192)")
+    lens.add_argument("--valid-tokens", type=int, default=2048, help="held-out tokens for the report (default 2048)")
+    lens.add_argument("--block", type=int, default=512, help="tokens per block and step (default 512)")
+    lens.add_argument("--lr", type=float, default=1e-3, help="Adam's peak learning rate (default 1e-3)")
+    lens.add_argument("--corpus", nargs="+", default=["wiki"], metavar="FILE",
+                      help="text, .json or .jsonl files, or `wiki` (default)")
+    lens.add_argument("--device", default=None)
 
     t = sub.add_parser("train", help="train a THF checkpoint on a data folder")
     t.add_argument("data", help="data folder from `thf collect`")
@@ -62,33 +82,69 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _model_dir(name: str) -> str:
+    if name == "default":
+        from real_vllm.assets import default_model_dir
+
+        return str(default_model_dir())
+    return name
+
+
+def _corpus(files: list[str], command: str):
+    from real_vllm.thf.corpus import wiki_corpus
+
+    if files == ["wiki"]:
+        return wiki_corpus("train")
+    if "wiki" in files:
+        raise SystemExit(f"real-vllm thf {command}: `wiki` cannot be mixed with corpus files")
+    return files
+
+
+def _family(entries: list[str]) -> list:
+    """Folders (`default` = the embedded model) as HFCausalLM members, depth:MODEL[:LENS_DIR] as
+    the model's depth family."""
+    from real_vllm.thf.collect import hf_family
+
+    family, folders = [], []
+    for entry in entries:
+        if entry.startswith("depth:"):
+            from real_vllm.thf.lens import depth_family
+
+            model, _, lens_dir = entry[len("depth:"):].partition(":")
+            if not model:
+                raise SystemExit("real-vllm thf collect: --family depth:MODEL[:LENS_DIR] needs a MODEL")
+            try:
+                family.extend(depth_family(_model_dir(model), lens_dir or None))
+            except (FileNotFoundError, ValueError) as exc:
+                raise SystemExit(f"real-vllm thf collect: --family {entry}: {exc}") from None
+        else:
+            folders.append(_model_dir(entry))
+    return hf_family(folders) + family
+
+
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     if args.command == "collect":
-        from real_vllm.thf.collect import collect
-        from real_vllm.thf.corpus import wiki_corpus
+        from real_vllm.thf.collect import collect, mean_entropies
 
-        family = []
-        for member in args.family:
-            if member == "default":
-                from real_vllm.assets import default_model_dir
-
-                member = str(default_model_dir())
-            family.append(member)
-        if args.corpus == ["wiki"]:
-            corpus = wiki_corpus("train")
-        elif "wiki" in args.corpus:
-            raise SystemExit("real-vllm thf collect: `wiki` cannot be mixed with corpus files")
-        else:
-            corpus = args.corpus
-        out = collect(family, corpus, args.out, block=args.block, batch_size=args.batch_size,
+        family = _family(args.family)
+        out = collect(family, _corpus(args.corpus, "collect"), args.out, block=args.block, batch_size=args.batch_size,
                       device=args.device, dtype=args.dtype, max_tokens=args.max_tokens,
                       valid_fraction=args.valid_fraction)
         from real_vllm.thf.dataset import read_meta
 
         meta = read_meta(out)
+        falls = mean_entropies(out, "valid")
         print(json.dumps({"out": str(out), "members": [{k: m[k] for k in ("name", "s")} for m in meta["members"]],
-                          "splits": meta["splits"]}, indent=2))
+                          "splits": meta["splits"], "valid_mean_entropy": falls}, indent=2))
+    elif args.command == "lens":
+        from real_vllm.thf.lens import train_lens
+
+        config = train_lens(_model_dir(args.model), args.out, layers=args.layers, tokens=args.tokens,
+                            valid_tokens=args.valid_tokens, block=args.block, lr=args.lr,
+                            corpus=_corpus(args.corpus, "lens"), device=args.device)
+        print(json.dumps({"model": config["model"]["path"], "layers": config["layers"],
+                          "wall_seconds": config["wall_seconds"], "report": config["report"]}, indent=2))
     elif args.command == "train":
         from real_vllm.thf.train import train
 

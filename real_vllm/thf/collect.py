@@ -11,7 +11,8 @@ tokenizer) is refused rather than mixed.
 A family is a sequence of FamilyMember objects: a name, a meta.json record with at least "name"
 and "s", a tokenizer, and a loader that gives the member's entropies of token blocks. The
 paper's family is separate causal LMs of one tokenizer (HFCausalLM, from folders); other
-families (one model read at several depths, say) only need another FamilyMember.
+families only need another FamilyMember: real_vllm/thf/lens.py's depth family reads one model at
+several depths through its tuned lens (LensLayer members, then the model itself).
 """
 
 from __future__ import annotations
@@ -37,21 +38,25 @@ from real_vllm.thf.fingerprint import tokenizer_fingerprint
 EntropyFn = Callable[[torch.Tensor], torch.Tensor]
 
 
-@torch.inference_mode()
-def token_entropies(model, token_ids: torch.Tensor) -> torch.Tensor:
-    """Next-token entropies [B, L] (nats, float32 math) of a causal LM on full blocks [B, L].
+def logits_entropies(logits: torch.Tensor) -> torch.Tensor:
+    """Entropies (nats, float32 math) of logits [B, L, V] -> [B, L].
 
     Rows go through the float32 softmax one at a time, so a batch's float32 temporaries stay one
     row's [L, V] however large the vocabulary.
     """
-    logits = model(input_ids=token_ids, use_cache=False).logits
-    out = torch.empty(token_ids.shape, dtype=torch.float32, device=logits.device)
+    out = torch.empty(logits.shape[:-1], dtype=torch.float32, device=logits.device)
     for row in range(logits.shape[0]):
         logp = torch.log_softmax(logits[row].float(), dim=-1)
         p = logp.exp()
         # p * logp with p = 0 (a -inf logit) is 0 * -inf = NaN; such tokens contribute 0.
         out[row] = -torch.where(p > 0, p * logp, torch.zeros_like(p)).sum(-1)
     return out
+
+
+@torch.inference_mode()
+def token_entropies(model, token_ids: torch.Tensor) -> torch.Tensor:
+    """Next-token entropies [B, L] (nats, float32 math) of a causal LM on full blocks [B, L]."""
+    return logits_entropies(model(input_ids=token_ids, use_cache=False).logits)
 
 
 def parameter_counts(model) -> dict:
@@ -237,3 +242,18 @@ def collect(
     plan["complete"] = True
     write_meta(out, plan)
     return out
+
+
+def mean_entropies(data_dir: str | os.PathLike, split: str = "valid") -> dict:
+    """Each member's mean entropy over a split of a data folder, in ascending size, whether each
+    falls below the previous member's, and whether they all do (family.py's check, per member)."""
+    from real_vllm.thf.dataset import load_split, read_meta
+
+    meta = read_meta(data_dir)
+    _, entropies = load_split(data_dir, split)
+    means = entropies.double().mean(dim=(1, 2)).tolist()
+    members = [{"name": m["name"], "s": m["s"], "mean_entropy": round(h, 4),
+                "falls": None if j == 0 else h < means[j - 1]}
+               for j, (m, h) in enumerate(zip(meta["members"], means))]
+    return {"split": split, "members": members,
+            "entropy_decreases_with_size": all(a > b for a, b in zip(means, means[1:]))}
