@@ -37,6 +37,7 @@ Folder layout:
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -60,6 +61,7 @@ DEFAULT_TOKENS = 8192
 DEFAULT_VALID_TOKENS = 2048
 DEFAULT_BLOCK = 512
 DEFAULT_LR = 1e-3
+DEFAULT_INIT = "lstsq"
 # Config fields that say which architecture a lens was trained on (compared before the weights).
 FINGERPRINT_FIELDS = ("model_type", "num_hidden_layers", "hidden_size", "vocab_size")
 
@@ -262,13 +264,55 @@ def _lens_blocks(tokenizer, corpus, block: int, tokens: int, valid_tokens: int):
 
 
 @torch.no_grad()
-def heldout_report(model, lens: TunedLens, blocks: torch.Tensor, batch_blocks: int = 1) -> list[dict]:
-    """Per lens layer (logit lens and tuned lens) and for the model itself: mean cross-entropy
-    against the next token, mean KL(final || layer) and mean entropy (nats) over `blocks`."""
+def fit_translators(model, lens: TunedLens, blocks: torch.Tensor, ridge: float = 1e-4, progress: bool = True) -> None:
+    """Least-squares start: each translator set so that h_l + A h_l + b is the ridge fit of the
+    last layer's residual stream as the final norm sees it (h_N / rms(h_N): RMSNorm and LayerNorm
+    ignore a per-token scale), over every position of `blocks`. One forward pass per block, no
+    unembedding; ridge is relative to the mean diagonal of the inputs' second moments."""
+    from tqdm.auto import tqdm
+
+    d = model.config.hidden_size
+    moments = {l: torch.zeros(d + 1, d + 1, dtype=torch.float64) for l in lens.layers}
+    cross = {l: torch.zeros(d + 1, d, dtype=torch.float64) for l in lens.layers}
+    caught = []
+    hook = _decoder_layers(model)[-1].register_forward_hook(
+        lambda mod, args, out: caught.append(out[0] if isinstance(out, tuple) else out))
+    try:
+        for start in tqdm(range(len(blocks)), desc="tuned lens: least-squares start", unit="block", disable=not progress):
+            caught.clear()
+            hidden = model(input_ids=blocks[start:start + 1].long(), output_hidden_states=True,
+                           use_cache=False).hidden_states
+            last = caught[0].reshape(-1, d).double()
+            target = last / last.pow(2).mean(-1, keepdim=True).sqrt()
+            for l in lens.layers:
+                x = hidden[l].reshape(-1, d).double()
+                x = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
+                moments[l] += x.T @ x
+                cross[l] += x.T @ target
+    finally:
+        hook.remove()
+    for l in lens.layers:
+        m = moments[l]
+        solution = torch.linalg.solve(m + ridge * m.diagonal().mean() * torch.eye(d + 1, dtype=m.dtype), cross[l])
+        translator = lens.translators[str(l)]
+        dev = translator.weight.device
+        translator.weight.copy_((solution[:d].T - torch.eye(d, dtype=m.dtype)).to(dev))
+        translator.bias.copy_(solution[d].to(dev))
+
+
+@torch.no_grad()
+def heldout_report(model, lens: TunedLens, blocks: torch.Tensor, batch_blocks: int = 1,
+                   start: TunedLens | None = None) -> list[dict]:
+    """Per lens layer (the logit lens, the least-squares `start` when given, the tuned lens) and
+    for the model itself: mean cross-entropy against the next token, mean KL(final || layer) and
+    mean entropy (nats) over `blocks`."""
     layers = lens.layers
-    sums = {(l, kind): torch.zeros(3, dtype=torch.float64) for l in layers for kind in ("logit", "tuned")}
+    lenses = {"logit": TunedLens(layers, model.config.hidden_size).to(blocks.device)}
+    if start is not None:
+        lenses["lstsq"] = start
+    lenses["tuned"] = lens
+    sums = {(l, kind): torch.zeros(3, dtype=torch.float64) for l in layers for kind in lenses}
     final_sum = torch.zeros(3, dtype=torch.float64)
-    identity = TunedLens(layers, model.config.hidden_size).to(blocks.device)
     n_ce = n = 0
     for start in range(0, len(blocks), batch_blocks):
         ids = blocks[start:start + batch_blocks].long()
@@ -282,8 +326,8 @@ def heldout_report(model, lens: TunedLens, blocks: torch.Tensor, batch_blocks: i
                                 logits_entropies(logits).sum().double()])
 
         for l in layers:
-            sums[(l, "logit")] += stats(identity.logits(model, out.hidden_states[l], l))
-            sums[(l, "tuned")] += stats(lens.logits(model, out.hidden_states[l], l))
+            for kind, reader in lenses.items():
+                sums[(l, kind)] += stats(reader.logits(model, out.hidden_states[l], l))
         final_sum += stats(out.logits)
         n += ids.numel()
         n_ce += ids[:, 1:].numel()
@@ -292,7 +336,7 @@ def heldout_report(model, lens: TunedLens, blocks: torch.Tensor, batch_blocks: i
         return {"layer": layer, "lens": kind, "cross_entropy": round(s[0].item() / n_ce, 4),
                 "kl_to_final": round(s[1].item() / n, 4), "mean_entropy": round(s[2].item() / n, 4)}
 
-    rows = [row(l, kind, sums[(l, kind)]) for l in layers for kind in ("logit", "tuned")]
+    rows = [row(l, kind, sums[(l, kind)]) for l in layers for kind in lenses]
     rows.append(row(model.config.num_hidden_layers, "model", final_sum))
     rows[-1]["kl_to_final"] = 0.0  # exactly: the model against itself (rounding noise otherwise)
     return rows
@@ -301,23 +345,29 @@ def heldout_report(model, lens: TunedLens, blocks: torch.Tensor, batch_blocks: i
 def report_markdown(config: dict) -> str:
     """The held-out report as a markdown table, with what made it."""
     rec = config["recipe"]
+    kinds = ["logit", "lstsq", "tuned"] if rec["init"] == "lstsq" else ["logit", "tuned"]
+    start = ("least-squares start on the same tokens, then " if rec["init"] == "lstsq" else "identity start, then ")
     lines = [f"# Tuned lens of {Path(config['model']['path']).name}", "",
-             f"{config['model']['fingerprint']['num_hidden_layers']} layers; lenses at {config['layers']}; trained on "
-             f"{rec['train_tokens']:,} tokens ({rec['corpus']}), {rec['steps']} Adam steps of {rec['block']} tokens, "
-             f"lr {rec['lr']}; held out: {rec['valid_tokens']:,} tokens of documents the lens never saw. "
-             f"Wall time {config['wall_seconds']} s on {config['machine']} ({rec['threads']} torch threads).", "",
-             "Nats per token. Logit lens = final norm + unembedding of the layer's residual stream; tuned = "
-             "after the trained translator.", "",
-             "| layer | s (size) | CE logit | CE tuned | KL logit | KL tuned | H logit | H tuned |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             f"{config['model']['fingerprint']['num_hidden_layers']} layers; lenses at {config['layers']}; "
+             f"{rec['train_tokens']:,} training tokens ({rec['corpus']}): {start}{rec['steps']} Adam steps of "
+             f"{rec['block']} tokens on KL to the final layer, lr {rec['lr']}; held out: {rec['valid_tokens']:,} "
+             f"tokens of documents the lens never saw. Wall time {config['wall_seconds']} s on {config['machine']} "
+             f"({rec['threads']} torch threads).", "",
+             "Nats per token. logit = the final norm and unembedding on the layer's residual stream (the "
+             "logit lens); " + ("lstsq = after the least-squares start; " if "lstsq" in kinds else "")
+             + "tuned = after KL training. s = ln(non-embedding parameters of the first l layers and the final norm).", "",
+             "| layer | s | " + " | ".join(f"CE {k}" for k in kinds) + " | " + " | ".join(f"KL {k}" for k in kinds)
+             + " | " + " | ".join(f"H {k}" for k in kinds) + " |",
+             "|---:|---:|" + "---:|" * (3 * len(kinds))]
     by = {(r["layer"], r["lens"]): r for r in config["report"]}
     for layer in config["layers"]:
-        lo, tu = by[(layer, "logit")], by[(layer, "tuned")]
-        lines.append(f"| {layer} | {config['sizes'][str(layer)]:.3f} | {lo['cross_entropy']:.3f} | {tu['cross_entropy']:.3f} | "
-                     f"{lo['kl_to_final']:.3f} | {tu['kl_to_final']:.3f} | {lo['mean_entropy']:.3f} | {tu['mean_entropy']:.3f} |")
+        cells = [f"{by[(layer, k)][col]:.3f}" for col in ("cross_entropy", "kl_to_final", "mean_entropy") for k in kinds]
+        lines.append(f"| {layer} | {config['sizes'][str(layer)]:.3f} | " + " | ".join(cells) + " |")
     n = config["model"]["fingerprint"]["num_hidden_layers"]
     m = by[(n, "model")]
-    lines.append(f"| {n} (model) | {config['sizes'][str(n)]:.3f} | {m['cross_entropy']:.3f} | | 0 | | {m['mean_entropy']:.3f} | |")
+    pad = [""] * (len(kinds) - 1)
+    cells = [f"{m['cross_entropy']:.3f}", *pad, "0", *pad, f"{m['mean_entropy']:.3f}", *pad]
+    lines.append(f"| {n} (model) | {config['sizes'][str(n)]:.3f} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -348,6 +398,7 @@ def train_lens(
     valid_tokens: int = DEFAULT_VALID_TOKENS,
     block: int = DEFAULT_BLOCK,
     lr: float = DEFAULT_LR,
+    init: str = DEFAULT_INIT,
     corpus=None,
     seed: int = 0,
     device: str | torch.device | None = None,
@@ -372,6 +423,8 @@ def train_lens(
         raise ValueError(f"block must be >= 2, got {block}")
     if not lr > 0:
         raise ValueError(f"lr must be > 0, got {lr}")
+    if init not in ("lstsq", "identity"):
+        raise ValueError(f"init must be 'lstsq' or 'identity', got {init!r}")
     model_dir = Path(model_dir)
     out = Path(out_dir) if out_dir is not None else default_lens_dir(model_dir)
     device = resolve_device(device)
@@ -388,7 +441,7 @@ def train_lens(
     elif not isinstance(corpus, Corpus):
         corpus = read_corpus(corpus)
     recipe = {"layers": layer_list, "tokens": tokens, "valid_tokens": valid_tokens, "block": block, "lr": lr,
-              "corpus": corpus.name, "seed": seed}
+              "init": init, "corpus": corpus.name, "seed": seed}
     if (out / CONFIG_FILE).is_file():
         done = read_lens_config(out)
         if done["model"]["fingerprint"] == fingerprint and done["asked"] == recipe:
@@ -400,6 +453,10 @@ def train_lens(
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     train_blocks, valid_blocks = _lens_blocks(tokenizer, corpus, block, tokens, valid_tokens)
     lens = TunedLens(layer_list, model.config.hidden_size).to(device)
+    start = None
+    if init == "lstsq":
+        fit_translators(model, lens, train_blocks.to(device), progress=progress)
+        start = copy.deepcopy(lens).requires_grad_(False)
     opt = torch.optim.Adam(lens.parameters(), lr=lr, amsgrad=True)
     steps = len(train_blocks)
     warmup = max(1, steps // 10)
@@ -427,7 +484,7 @@ def train_lens(
     bar.close()
     train_seconds = time.perf_counter() - t0
     lens.eval()
-    report = heldout_report(model, lens, valid_blocks.to(device))
+    report = heldout_report(model, lens, valid_blocks.to(device), start=start)
     sizes = depth_sizes(model_dir, layer_list)
     config = {
         "format": LENS_FORMAT, "format_version": LENS_FORMAT_VERSION,
@@ -437,6 +494,8 @@ def train_lens(
         "asked": recipe,
         "recipe": {**recipe, "train_tokens": train_blocks.numel(), "valid_tokens": valid_blocks.numel(),
                    "steps": steps, "optimizer": "Adam (amsgrad), linear warm-up 10% then linear decay, clip 1.0",
+                   "start": {"lstsq": "fit_translators (ridge 1e-4) on the training blocks",
+                             "identity": "A = 0, b = 0 (the logit lens)"}[init],
                    "loss": "KL(final || lens) at the same position, mean over tokens, per layer",
                    "threads": torch.get_num_threads()},
         "report": report,
