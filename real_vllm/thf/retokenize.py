@@ -100,21 +100,40 @@ class Retokenizer:
             with_new = self.served.batch_decode([h.context + h.pending for h in todo], **decode)
             before = self.served.batch_decode([h.context for h in todo], **decode)
             for h, full, old in zip(todo, with_new, before):
-                # Byte-level and SentencePiece decoders both extend the context's text; anything
-                # else (a normaliser rewriting it) falls back to the longest common prefix.
-                start = len(old) if full.startswith(old) else len(os.path.commonprefix([full, old]))
-                new = full[start:]
-                if new.endswith(REPLACEMENT) and len(h.pending) < MAX_PENDING:
-                    h.held = new.rstrip(REPLACEMENT)
-                    continue
-                h.text, h.held = h.text + new, ""
-                h.context = (h.context + h.pending)[-CONTEXT_TOKENS:]
+                new = _extension(full, old)
+                if new.endswith(REPLACEMENT):
+                    # Hold back only the tokens that end inside the last character (a long first
+                    # feed commits the complete characters before them), for at most MAX_PENDING.
+                    incomplete = self._incomplete_tail(h, old, decode)
+                    if incomplete < MAX_PENDING:
+                        if incomplete < len(h.pending):
+                            done = h.pending[:-incomplete]
+                            self._commit(h, _extension(self.served.decode(h.context + done, **decode), old), done)
+                            h.pending = h.pending[-incomplete:]
+                            new = _extension(self.served.decode(h.context + h.pending, **decode),
+                                             self.served.decode(h.context, **decode))
+                        h.held = new.rstrip(REPLACEMENT)
+                        continue
+                self._commit(h, new, h.pending)
                 h.pending = []
-                if len(h.text) > 4 * self.tail_chars:  # keep memory bounded; the tail is all we read
-                    h.text, h.cut = h.text[-2 * self.tail_chars:], True
         tails = [self._tail(h) for h in histories]
         encoded = self.thf([t for t, _ in tails], add_special_tokens=False)["input_ids"]
         return [(ids[1:] if cut else ids)[-self.window:] for ids, (_, cut) in zip(encoded, tails)]
+
+    def _incomplete_tail(self, h: TextHistory, old: str, decode: dict) -> int:
+        """How many of the last pending tokens end inside a character: the fewest whose removal
+        leaves text that ends with a complete character (all of them if none does)."""
+        for n in range(1, len(h.pending)):
+            if not _extension(self.served.decode(h.context + h.pending[:-n], **decode), old).endswith(REPLACEMENT):
+                return n
+        return len(h.pending)
+
+    def _commit(self, h: TextHistory, text: str, tokens: list[int]) -> None:
+        """Append ``text``, the decoded ``tokens``, to the history's committed text."""
+        h.text, h.held = h.text + text, ""
+        h.context = (h.context + tokens)[-CONTEXT_TOKENS:]
+        if len(h.text) > 4 * self.tail_chars:  # keep memory bounded; the tail is all we read
+            h.text, h.cut = h.text[-2 * self.tail_chars:], True
 
     def _tail(self, h: TextHistory) -> tuple[str, bool]:
         """The text to re-tokenise and whether it starts after the sequence's start."""
@@ -124,3 +143,11 @@ class Retokenizer:
         tail = text[-self.tail_chars:]  # may begin inside a word: start at the next word break
         space = next((i for i in range(1, len(tail)) if tail[i].isspace() and not tail[i - 1].isspace()), 0)
         return tail[space:], True
+
+
+def _extension(full: str, old: str) -> str:
+    """The text ``full`` adds to ``old``. Byte-level and SentencePiece decoders both extend the
+    context's text; anything else (a normaliser rewriting it) falls back to the longest common
+    prefix."""
+    start = len(old) if full.startswith(old) else len(os.path.commonprefix([full, old]))
+    return full[start:]
