@@ -1,13 +1,16 @@
 // EDT, entropy-based dynamic temperature (arXiv 2403.14541; docs/algorithms.md §1):
 //   T = t0 * max(n ** (theta / H), min_scale),   l' = l / T.
-// edt_temperature returns T per row. apply_edt_ is the fused sampler step: per row, the
-// entropy kernel reads the row once, then the temperature kernel divides it by T while it
-// is still in cache (L2 holds a 152k-token row), and T is returned.
+// edt_temperature returns T per row. apply_edt_ is the fused sampler step: a thread reads
+// each of its rows once for the softmax stats (row_stats.h) and divides the row before it by
+// its T in the same loop, while that row is still in cache (L2 holds a 152k-token row); the
+// divider then works beside the exp polynomial instead of after it. At batch below the thread
+// count, each row's segments are spread over the threads instead, then merged.
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include <cmath>
+#include <vector>
 
 #include "checks.h"
 #include "row_kernels.h"
@@ -26,6 +29,28 @@ float edt_temperature_of(float h, float t0, float n, float theta, double min_sca
   return static_cast<float>(double(t0) * (scale < min_scale ? min_scale : scale));
 }
 
+// One segment's stats (row_stats.h), compiled for the running CPU's vector width.
+REAL_VLLM_ROW_KERNEL SoftmaxStats stats_of_segment(const float* segment, int64_t n) {
+  return segment_stats<false>(segment, n, nullptr, 1.0f);
+}
+
+// A row's stats (softmax_stats), compiled for the running CPU's vector width.
+REAL_VLLM_ROW_KERNEL SoftmaxStats softmax_stats_of(const float* row, int64_t n) {
+  return softmax_stats(row, n);
+}
+
+// A row's stats (the same segments, merged in the same order as softmax_stats), dividing
+// `divide_row` by t in place in the same loops.
+REAL_VLLM_ROW_KERNEL SoftmaxStats stats_dividing(const float* row, int64_t n, float* divide_row,
+                                                 float t) {
+  SoftmaxStats st;
+  for (int64_t s0 = 0; s0 < n; s0 += kStatsSegment) {
+    const int64_t len = std::min(kStatsSegment, n - s0);
+    merge_stats(st, segment_stats<true>(row + s0, len, divide_row + s0, t));
+  }
+  return st;
+}
+
 // Pointers to the checked per-row parameters.
 struct EdtParams {
   const float* t0;
@@ -34,10 +59,11 @@ struct EdtParams {
   double min_scale;
 
   // theta = 0 needs no entropy: rows of requests that do not run EDT carry t0 = 1,
-  // theta = 0 and so cost neither pass (see apply_edt_).
-  float temperature(int64_t r, const float* row, int64_t vocab) const {
-    const float h = theta[r] == 0.0f ? 0.0f : entropy_row(row, vocab);
-    return edt_temperature_of(h, t0[r], n[r], theta[r], min_scale);
+  // theta = 0 and so cost neither pass.
+  bool needs_stats(int64_t r) const { return theta[r] != 0.0f; }
+
+  float temperature(int64_t r, const SoftmaxStats& st) const {
+    return edt_temperature_of(entropy_nats(st), t0[r], n[r], theta[r], min_scale);
   }
 };
 
@@ -51,6 +77,41 @@ EdtParams checked_params(const at::Tensor& logits, const at::Tensor& t0, const a
           min_scale};
 }
 
+// Fewer rows than threads: one work item per (row, segment), so a lone row's stats pass runs
+// on every thread. The segments' stats are merged in row order, as softmax_stats does, so T
+// is bit-identical to the row-per-thread path. With `scaled` (the same memory as x, writable),
+// each segment is then divided by its row's T, again spread over the threads.
+bool split_rows_across_threads(int64_t batch, int64_t vocab) {
+  return batch < at::get_num_threads() && vocab > kStatsSegment && !at::in_parallel_region();
+}
+
+void edt_split_rows(const EdtParams& params, const float* x, float* scaled, int64_t batch,
+                    int64_t vocab, float* t) {
+  const int64_t segments = (vocab + kStatsSegment - 1) / kStatsSegment;
+  std::vector<SoftmaxStats> parts(batch * segments);
+  at::parallel_for(0, batch * segments, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t r = i / segments, s0 = (i % segments) * kStatsSegment;
+      if (params.needs_stats(r)) {
+        parts[i] = stats_of_segment(x + r * vocab + s0, std::min(kStatsSegment, vocab - s0));
+      }
+    }
+  });
+  for (int64_t r = 0; r < batch; ++r) {
+    SoftmaxStats st;
+    for (int64_t s = 0; s < segments && st.finite; ++s) merge_stats(st, parts[r * segments + s]);
+    t[r] = params.temperature(r, st);
+  }
+  if (scaled == nullptr) return;
+  at::parallel_for(0, batch * segments, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t r = i / segments, s0 = (i % segments) * kStatsSegment;
+      const int64_t len = std::min(kStatsSegment, vocab - s0);
+      if (t[r] != 1.0f) temperature_row(scaled + r * vocab + s0, len, t[r]);
+    }
+  });
+}
+
 at::Tensor edt_temperature(const at::Tensor& logits, const at::Tensor& t0, const at::Tensor& n,
                            const at::Tensor& theta, double min_scale) {
   const EdtParams params =
@@ -59,9 +120,14 @@ at::Tensor edt_temperature(const at::Tensor& logits, const at::Tensor& t0, const
   at::Tensor out = at::empty({batch}, logits.options());
   const float* x = logits.const_data_ptr<float>();
   float* t = out.mutable_data_ptr<float>();
+  if (split_rows_across_threads(batch, vocab)) {
+    edt_split_rows(params, x, /*scaled=*/nullptr, batch, vocab, t);
+    return out;
+  }
   at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
-      t[r] = params.temperature(r, x + r * vocab, vocab);
+      t[r] = params.needs_stats(r) ? params.temperature(r, softmax_stats_of(x + r * vocab, vocab))
+                                   : params.t0[r];
     }
   });
   return out;
@@ -74,12 +140,30 @@ at::Tensor apply_edt_(at::Tensor& logits, const at::Tensor& t0, const at::Tensor
   at::Tensor out = at::empty({batch}, logits.options());
   float* x = logits.mutable_data_ptr<float>();
   float* t = out.mutable_data_ptr<float>();
+  if (split_rows_across_threads(batch, vocab)) {
+    edt_split_rows(params, x, x, batch, vocab, t);
+    return out;
+  }
   at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+    // The row whose T is known and which is not divided yet: it is divided while the next
+    // row's stats are read.
+    float* pending = nullptr;
+    float pending_t = 1.0f;
     for (int64_t r = begin; r < end; ++r) {
       float* row = x + r * vocab;
-      t[r] = params.temperature(r, row, vocab);
-      if (t[r] != 1.0f) temperature_row(row, vocab, t[r]);  // x / 1 == x: skip the pass
+      if (params.needs_stats(r)) {
+        const SoftmaxStats st = pending != nullptr ? stats_dividing(row, vocab, pending, pending_t)
+                                                   : softmax_stats_of(row, vocab);
+        t[r] = params.temperature(r, st);
+      } else {
+        if (pending != nullptr && pending_t != 1.0f) temperature_row(pending, vocab, pending_t);
+        t[r] = params.t0[r];
+      }
+      pending = row;
+      pending_t = t[r];
     }
+    // x / 1 == x: skip the pass.
+    if (pending != nullptr && pending_t != 1.0f) temperature_row(pending, vocab, pending_t);
   });
   return out;
 }

@@ -122,14 +122,52 @@ struct SoftmaxStats {
   bool finite = true;   // false when the row holds a NaN or +inf (softmax undefined)
 };
 
-// One read of the row (docs/algorithms.md §1). The row streams through in L1-sized chunks: each
-// chunk's max is found first, then its terms are summed against the running max, so the
-// exps vectorise. When the running max rises from m to m', the sums are moved onto m':
-// z <- e^(m-m') z and s <- e^(m-m') (s + z (m - m')).
-REAL_VLLM_INLINE SoftmaxStats softmax_stats(const float* row, int64_t n) {
+// Moves the sums onto a larger max m': z <- e^(m-m') z, s <- e^(m-m') (s + z (m - m')).
+REAL_VLLM_INLINE void rebase_stats(SoftmaxStats& st, float new_max) {
+  if (st.z > 0.0) {  // z > 0 exactly when the old max is finite (it contributes e^0)
+    const double shift = double(st.max) - double(new_max);
+    const double a = std::exp(shift);
+    st.s = a * (st.s + st.z * shift);
+    st.z *= a;
+  }
+  st.max = new_max;
+}
+
+// The online-softmax merge of two parts' stats (Milakov and Gimelshein, "Online normalizer
+// calculation for softmax", arXiv 1805.02867, with s carried along): acc <- acc (+) part.
+REAL_VLLM_INLINE void merge_stats(SoftmaxStats& acc, SoftmaxStats part) {
+  acc.finite = acc.finite && part.finite;
+  if (!acc.finite) return;
+  if (part.max > acc.max) {
+    rebase_stats(acc, part.max);
+  } else {
+    rebase_stats(part, acc.max);
+  }
+  acc.z += part.z;
+  acc.s += part.s;
+}
+
+// Rows are reduced in segments of this many entries, each on its own, and the segments'
+// stats merged left to right: the result is the same whether the segments run on one thread
+// or on several (apply_edt_ splits a row across threads at small batch), so a row's entropy is
+// bit-identical at every batch size and thread count.
+constexpr int64_t kStatsSegment = 16384;
+
+// One read of a segment (docs/algorithms.md §1). It streams through in L1-sized chunks: each
+// chunk's max is found first, then its terms are summed against the running max, so the exps
+// vectorise; when the running max rises, the sums are moved onto it (rebase_stats).
+//
+// With kDivide, the exp loop also divides `divide_row` (another row, same length) by
+// `divide_by` in place, as true float32 divisions: apply_edt_ scales row r while it reads row
+// r + 1, so the divider (not pipelined) works beside the exp polynomial's FMAs instead of
+// after them. The stats are the same either way.
+template <bool kDivide>
+REAL_VLLM_INLINE SoftmaxStats segment_stats(const float* row, int64_t n, float* divide_row,
+                                            float divide_by) {
   constexpr int64_t kChunk = 2048;  // 8 KiB: still in L1 for the second loop
   SoftmaxStats st;
-  for (int64_t c0 = 0; c0 < n; c0 += kChunk) {
+  int64_t c0 = 0;
+  for (; c0 < n; c0 += kChunk) {
     const float* x = row + c0;
     const int64_t len = std::min(kChunk, n - c0);
 
@@ -142,23 +180,23 @@ REAL_VLLM_INLINE SoftmaxStats softmax_stats(const float* row, int64_t n) {
     }
     if (bad) {
       st.finite = false;
-      return st;
+      break;
     }
-    if (cmax > st.max) {
-      if (st.z > 0.0) {  // z > 0 exactly when the old max is finite (it contributes e^0)
-        const double shift = double(st.max) - double(cmax);
-        const double a = std::exp(shift);
-        st.s = a * (st.s + st.z * shift);
-        st.z *= a;
+    if (cmax > st.max) rebase_stats(st, cmax);
+    if (st.max == -kInf) {  // nothing finite yet: these entries add nothing
+      if (kDivide) {
+        float* out = divide_row + c0;
+#pragma omp simd
+        for (int64_t i = 0; i < len; ++i) out[i] = out[i] / divide_by;
       }
-      st.max = cmax;
+      continue;
     }
-    if (st.max == -kInf) continue;  // nothing finite yet: these entries add nothing
 
     // In base 2 (y = (l - m) log2 e, so s = ln 2 * sum e y), with float sums over the chunk
     // (at most 128 terms a SIMD lane) moved into the double totals once a chunk.
     const float m = st.max;
     float z = 0.0f, s2 = 0.0f;
+    float* out = kDivide ? divide_row + c0 : nullptr;
 #pragma omp simd reduction(+ : z, s2)
     for (int64_t i = 0; i < len; ++i) {
       float y = (x[i] - m) * kLog2e;  // <= 0 however large m is (no fused m log2 e rounding)
@@ -166,9 +204,25 @@ REAL_VLLM_INLINE SoftmaxStats softmax_stats(const float* row, int64_t n) {
       const float e = exp2_nonpos(y);
       z += e;
       s2 += e * y;
+      if (kDivide) out[i] = out[i] / divide_by;
     }
     st.z += z;
     st.s += kLn2 * double(s2);
+  }
+  if (kDivide && c0 < n) {  // a NaN or +inf ended the sweep: the rest of the division
+    float* out = divide_row + c0;
+    const int64_t len = n - c0;
+#pragma omp simd
+    for (int64_t i = 0; i < len; ++i) out[i] = out[i] / divide_by;
+  }
+  return st;
+}
+
+// The row's stats: its segments' stats merged left to right.
+REAL_VLLM_INLINE SoftmaxStats softmax_stats(const float* row, int64_t n) {
+  SoftmaxStats st;
+  for (int64_t s0 = 0; s0 < n && st.finite; s0 += kStatsSegment) {
+    merge_stats(st, segment_stats<false>(row + s0, std::min(kStatsSegment, n - s0), nullptr, 1.0f));
   }
   return st;
 }

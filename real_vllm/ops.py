@@ -207,9 +207,12 @@ def _per_row(name: str, value, logits: torch.Tensor) -> torch.Tensor:
             raise ValueError(
                 f"{name} must be a number or a [{batch}] tensor, got shape {tuple(value.shape)}"
             )
+        if (value.shape[0] == batch and value.dtype == torch.float32
+                and value.device == logits.device and value.is_contiguous()):
+            return value  # what the kernels take already (the sampler's per-step case)
         t = value.to(device=logits.device, dtype=torch.float32)
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        t = torch.tensor([float(value)], dtype=torch.float32, device=logits.device)
+        return torch.full((batch,), float(value), dtype=torch.float32, device=logits.device)
     else:
         raise TypeError(f"{name} must be a number or a tensor, got {type(value).__name__}")
     return t.expand(batch).contiguous()

@@ -180,6 +180,48 @@ def test_scalar_and_tensor_parameters_agree(backend, gen):
     assert torch.equal(a, b)
 
 
+def assert_same_bits(got: torch.Tensor, want: torch.Tensor, what: str) -> None:
+    torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True, msg=lambda m: f"{what}: {m}")
+
+
+@pytest.mark.skipif("cpu" not in FAST_BACKENDS, reason="the C++ extension real_vllm._C is not built")
+@pytest.mark.parametrize("vocab", [1000, 40001, 151936])
+def test_cpu_edt_is_bit_identical_alone_in_a_batch_and_on_any_thread_count(vocab, gen):
+    """The C++ EDT splits the stats pass of rows fewer than the threads across the threads
+    (one item per 16,384-logit segment, merged in order) and otherwise reads each row's stats
+    while dividing the row before it: neither may change a row's T or output by one bit."""
+    batch = 7
+    x = make_logits(batch, vocab, gen)
+    x[0, -3] += 50.0  # a max in the last segment: every earlier segment is rebased onto it
+    x[5, vocab // 2] = math.nan  # a NaN mid-row: T NaN, the whole row NaN after the division
+    t0, n, theta = params(batch, gen)
+    theta[0] = 1.5
+    theta[5] = 2.0
+    threads = torch.get_num_threads()
+    runs = {}
+    try:
+        # 1: one row per item; 2: lone rows split in two; 8: the whole batch split.
+        for count in (1, 2, 8):
+            torch.set_num_threads(count)
+            runs[count] = (ops.apply_edt(x, t0, n, theta, backend="cpu"),
+                           ops.edt_temperature(x, t0, n, theta, backend="cpu"),
+                           [ops.apply_edt(x[r:r + 1], t0[r:r + 1], n[r:r + 1], theta[r:r + 1], backend="cpu")
+                            for r in range(batch)])
+    finally:
+        torch.set_num_threads(threads)
+    (out, t), _, _ = runs[1]
+    torch.testing.assert_close(t.double(), oracle.edt_temperature64(x, t0, n, theta), rtol=TEMP_RTOL, atol=1e-9, equal_nan=True)
+    assert t[5].isnan() and out[5].isnan().all() and not out[[1, 2, 4]].isnan().any()
+    assert_same_bits(out, x / t.unsqueeze(1), "batched output vs x / T")
+    for count, ((out_c, t_c), t_only, alone) in runs.items():
+        assert_same_bits(t_c, t, f"batched T on {count} threads")
+        assert_same_bits(t_only, t, f"edt_temperature on {count} threads")
+        assert_same_bits(out_c, out, f"batched output on {count} threads")
+        for r, (out_r, t_r) in enumerate(alone):
+            assert_same_bits(t_r, t[r:r + 1], f"row {r} alone, T, on {count} threads")
+            assert_same_bits(out_r, out[r:r + 1], f"row {r} alone, output, on {count} threads")
+
+
 def test_bad_arguments_raise_clear_errors():
     x = torch.randn(2, 10)
     with pytest.raises(ValueError, match="backend"):
