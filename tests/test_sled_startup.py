@@ -85,9 +85,9 @@ def test_speculative_decoding_rules(tiny_model_dir, monkeypatch):
     processors on every draft row: tests/test_spec_rows.py; its config needs Triton to build.)"""
     from vllm import SamplingParams
 
-    from real_vllm.integration import processor
+    from real_vllm.integration import frontend, processor
 
-    monkeypatch.setitem(processor.SERVED, "no_processors", False)
+    monkeypatch.setitem(frontend.SERVED, "no_processors", False)
     spec = {"method": "ngram", "num_speculative_tokens": 2, "prompt_lookup_max": 2}
     with raises_exactly(StartupError, "real_vllm: --sampler edt cannot run with speculative decoding on vLLM's V1 "
                         "model runner (it applies no plugin logits processors then); use Model Runner V2 (the "
@@ -99,14 +99,14 @@ def test_speculative_decoding_rules(tiny_model_dir, monkeypatch):
         config(tiny_model_dir, additional_config={"real_retokenize": True}, speculative_config=spec)
     check_type(excinfo, StartupError)
     assert config(tiny_model_dir, speculative_config=spec).speculative_config.num_speculative_tokens == 2
-    assert processor.SERVED["no_processors"]
+    assert frontend.SERVED["no_processors"]
     with raises_exactly(ValueError, "real_vllm: sampler real is unavailable on this server: vLLM's V1 model runner "
                         "applies no plugin logits processor under speculative decoding") as excinfo:
         processor.RealVllmLogitsProcessor.validate_params(SamplingParams(extra_args={"sampler": "real"}))
     check_type(excinfo, ValueError)  # validate_params: vLLM turns a ValueError into HTTP 400
     processor.RealVllmLogitsProcessor.validate_params(SamplingParams())
     config(tiny_model_dir)
-    assert not processor.SERVED["no_processors"]
+    assert not frontend.SERVED["no_processors"]
     processor.RealVllmLogitsProcessor.validate_params(SamplingParams(extra_args={"sampler": "real"}))
 
 

@@ -34,9 +34,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("real_vllm")
 
-# Kept importable here: the front end's record of the server (frontend.SERVED).
-SERVED = frontend.SERVED
-
 
 class RealVllmLogitsProcessor(SlotLogitsProcessor):
     """The methods that do not read early layers (EDT, REAL) as a vLLM logits processor."""
@@ -57,7 +54,7 @@ class RealVllmLogitsProcessor(SlotLogitsProcessor):
         """Also vLLM's temperature/top_p/min_p against EDT and REAL."""
         super().validate_params(sampling_params)
         args = sampling_params.extra_args
-        defaults = SERVED.get("defaults") or {}
+        defaults = frontend.SERVED.get("defaults") or {}
         check_vllm_params(parse_sampler_args(args, defaults), sampling_params.temperature, sampling_params.top_p,
                           sampling_params.min_p, from_server="sampler" not in (args or {}) and "sampler" in defaults)
 
