@@ -52,7 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     lens.add_argument("--tokens", type=int, default=8192, help="training tokens (default 8192)")
     lens.add_argument("--valid-tokens", type=int, default=2048, help="held-out tokens for the report (default 2048)")
     lens.add_argument("--block", type=int, default=512, help="tokens per block and step (default 512)")
-    lens.add_argument("--lr", type=float, default=1e-3, help="Adam's peak learning rate (default 1e-3)")
+    lens.add_argument("--lr", type=float, default=1e-4, help="Adam's peak learning rate (default 1e-4)")
+    lens.add_argument("--init", choices=["lstsq", "identity"], default="lstsq",
+                      help="translators' start: least-squares fit (default) or identity (the paper's)")
     lens.add_argument("--corpus", nargs="+", default=["wiki"], metavar="FILE",
                       help="text, .json or .jsonl files, or `wiki` (default)")
     lens.add_argument("--device", default=None)
@@ -141,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
         from real_vllm.thf.lens import train_lens
 
         config = train_lens(_model_dir(args.model), args.out, layers=args.layers, tokens=args.tokens,
-                            valid_tokens=args.valid_tokens, block=args.block, lr=args.lr,
+                            valid_tokens=args.valid_tokens, block=args.block, lr=args.lr, init=args.init,
                             corpus=_corpus(args.corpus, "lens"), device=args.device)
         print(json.dumps({"model": config["model"]["path"], "layers": config["layers"],
                           "wall_seconds": config["wall_seconds"], "report": config["report"]}, indent=2))
