@@ -13,7 +13,8 @@ bfloat16-served model is the same model, bit for bit; served in float32 (the tes
 runs, `real-vllm trace`, the demo's server) the weights widen exactly, without warnings, and the
 model is the bfloat16-rounded one: on 509 tokens of Wikipedia leads, served in float32, the same
 argmax at every position as the float32 folder and top-20 logits within 0.21 (serving in bfloat16
-instead moves them by up to 0.73 and changes 12 argmaxes); the README's "The default model".
+instead moves them by up to 0.73 and changes 12 argmaxes): the README's "The default model and
+start-up".
 """
 
 from __future__ import annotations
