@@ -410,11 +410,9 @@ def main(argv: list[str] | None = None) -> None:
         timing = {"startup_s": startup, "generation_s": sum(g.seconds for g in results),
                   "reused_points": len(points) - len(todo)}
 
-    measure_start = time.perf_counter()
-    rows, stats = measure.measure(results, wiki, trivia, args.seeds, model_name, machine, args.bootstrap)
     stem = f"quality{'_quick' if args.quick else ''}_{machine}"
     out_dir.mkdir(parents=True, exist_ok=True)
-    if not args.rescore:
+    if not args.rescore:  # the texts first: a failure while measuring must not lose them
         with gzip.open(out_dir / f"{stem}_samples.json.gz", "wt", encoding="utf-8") as f:
             json.dump({
                 "model": model_name, "machine": machine, "seeds": args.seeds, "quick": args.quick,
@@ -425,6 +423,8 @@ def main(argv: list[str] | None = None) -> None:
                 "points": [{"point": dataclasses.asdict(g.point), "texts": g.texts, "tokens": g.tokens,
                             "seconds": g.seconds, "failures": g.failures} for g in results],
             }, f, ensure_ascii=False)
+    measure_start = time.perf_counter()
+    rows, stats = measure.measure(results, wiki, trivia, args.seeds, model_name, machine, args.bootstrap)
     write_csv(out_dir / f"{stem}.csv", rows)
     render.plot(rows, out_dir / f"{stem}.png", f"{model_name}: factuality vs diversity ({machine})")
     timing = {**timing, "measure_s": time.perf_counter() - measure_start}
