@@ -39,10 +39,11 @@ class REALConfig:
     """REAL parameters. Defaults: p0 = 1.0 and decay_temperature = 4.0, the top of the paper's
     sweep {0.5, 0.7, 1, 2, 3, 4} (its human evaluation used 2.0). With the THF shipped for the
     default model, 2.0 degenerates (p_t mostly 0.1-0.5: seeded samples repeat, long replies
-    loop); in the quality run (benchmarks/results/quality_amd-epyc-2cores.md, made with 2.0 as
-    the default) decay 4 was more factual and more diverse than decay 2 on wiki (NE_ER 0.722 vs
-    0.842, distinct-4 0.917 vs 0.703) and as accurate but more diverse on trivia (accuracy 0.115
-    vs 0.120, distinct answers 0.935 vs 0.805)."""
+    loop); in the quality run (benchmarks/results/quality_intel-r-xeon-r-processor-2cores.md, spaCy
+    NER) decay 4 is more factual and more diverse than decay 2 on wiki (NE_ER 0.698 vs 0.775,
+    distinct-4 0.907 vs 0.691) and as accurate but more diverse on trivia (accuracy 0.115 vs
+    0.120, distinct answers 0.930 vs 0.810); against top-p at equal diversity it is within noise
+    (wiki factuality gain +0.014 [-0.074, +0.114], 90% interval, test split)."""
 
     p0: float = 1.0  # real_p0: the threshold where the THF predicts no excess entropy, (0, 1]
     decay_temperature: float = 4.0  # real_decay_temperature: > 0; larger = closer to top-p(p0)
