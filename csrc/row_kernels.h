@@ -1,5 +1,5 @@
-// Row kernels shared between ops: each is defined (and multiversioned) in its op's file,
-// and apply_edt_ composes the entropy and temperature kernels per row.
+// Row kernels shared between ops: each is defined (and multiversioned) in its op's file
+// (apply_edt_ uses the temperature kernel; its stats pass is its own, csrc/edt.cpp).
 #pragma once
 
 #include <cstdint>
