@@ -116,3 +116,18 @@ def test_the_package_has_no_import_cycle():
     # The reader sees the package: the THF runtime's own imports, for one.
     assert graph["real_vllm.thf.runtime"] == {"real_vllm.thf.curves", "real_vllm.thf.model", "real_vllm.thf.retokenize"}
     assert cycles(graph) == []
+
+
+def test_nothing_outside_tests_imports_from_tests():
+    """The package, the benchmarks and the kernels stand on their own: tests/ is imported only by
+    tests (a benchmark that needs a baseline imports it from the package)."""
+    checkout = ROOT.parent
+    offenders = []
+    for folder in ("real_vllm", "benchmarks", "kernels"):
+        for path in sorted((checkout / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                         else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+                offenders += [f"{path.relative_to(checkout)}: imports {n}" for n in names
+                              if n == "tests" or n.startswith("tests.")]
+    assert not offenders, "\n".join(offenders)
