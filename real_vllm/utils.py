@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import os
 import platform
 import re
@@ -75,6 +76,18 @@ def unit_hash(text: str, salt: str) -> float:
     """A number in [0, 1) from SHA-256 of salt and text: the same on every machine and run."""
     digest = hashlib.sha256(f"{salt}\0{text}".encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def read_versioned_json(path: Path, kind: str, fmt: str, version: int, how_to_make: str) -> dict:
+    """A JSON record of format ``fmt`` version ``version`` at ``path``; a FileNotFoundError that
+    says how to make one (``kind``: what the folder is) or a ValueError for another format."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path.parent} is not a {kind} (no {path.name}); {how_to_make}")
+    record = json.loads(path.read_text())
+    if record.get("format") != fmt or record.get("format_version") != version:
+        raise ValueError(f"{path} is not a {fmt} v{version} file")
+    return record
 
 
 def _temporary_beside(path: Path) -> Path:

@@ -89,3 +89,14 @@ def test_unit_hash_is_stable_and_in_the_unit_interval():
     values = [utils.unit_hash(str(i), "x") for i in range(1000)]
     assert all(0 <= v < 1 for v in values)
     assert 0.45 < sum(v < 0.5 for v in values) / 1000 < 0.55
+
+
+def test_read_versioned_json_names_what_is_missing_or_foreign(tmp_path):
+    path = tmp_path / "meta.json"
+    with pytest.raises(FileNotFoundError, match=r"is not a data folder \(no meta.json\); make one"):
+        utils.read_versioned_json(path, "data folder", "fmt", 1, "make one")
+    path.write_text('{"format": "fmt", "format_version": 2}')
+    with pytest.raises(ValueError, match="is not a fmt v1 file"):
+        utils.read_versioned_json(path, "data folder", "fmt", 1, "make one")
+    path.write_text('{"format": "fmt", "format_version": 1, "x": 3}')
+    assert utils.read_versioned_json(path, "data folder", "fmt", 1, "make one")["x"] == 3

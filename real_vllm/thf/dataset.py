@@ -40,7 +40,7 @@ import torch
 
 from real_vllm.thf.corpus import Corpus
 from real_vllm.thf.fingerprint import tokenizer_fingerprint
-from real_vllm.utils import atomic_write, install_folder, unit_hash
+from real_vllm.utils import atomic_write, install_folder, read_versioned_json, unit_hash
 
 META_FILE = "meta.json"
 TOKENIZER_DIR = "tokenizer"
@@ -74,13 +74,8 @@ def save_tensors(path: Path, tensors: dict) -> None:
 def read_meta(data_dir: str | os.PathLike, require_complete: bool = True) -> dict:
     """meta.json of a data folder; a clear error when it is missing, foreign or unfinished."""
     folder = Path(data_dir)
-    path = folder / META_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{folder} is not a THF data folder (no {META_FILE}); "
-                                f"make one with `real-vllm thf collect --out {folder} ...`")
-    meta = json.loads(path.read_text())
-    if meta.get("format") != DATA_FORMAT or meta.get("format_version") != DATA_FORMAT_VERSION:
-        raise ValueError(f"{path} is not a {DATA_FORMAT} v{DATA_FORMAT_VERSION} meta file")
+    meta = read_versioned_json(folder / META_FILE, "THF data folder", DATA_FORMAT, DATA_FORMAT_VERSION,
+                               f"make one with `real-vllm thf collect --out {folder} ...`")
     if require_complete and not meta.get("complete"):
         raise ValueError(f"{folder} is an unfinished collection; rerun the same `real-vllm thf collect` "
                          f"command to finish it")

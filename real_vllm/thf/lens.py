@@ -58,7 +58,7 @@ from pathlib import Path
 import torch
 
 from real_vllm.thf.collect import EntropyFn, FamilyMember, HFCausalLM, logits_entropies, sizes_from_config
-from real_vllm.utils import atomic_write, install_folder, write_csv
+from real_vllm.utils import atomic_write, install_folder, read_versioned_json, write_csv
 
 LENS_FORMAT = "real_vllm.tuned-lens"
 LENS_FORMAT_VERSION = 1
@@ -209,14 +209,8 @@ def _kl(target_logp: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
 
 def read_lens_config(lens_dir: str | os.PathLike) -> dict:
     folder = Path(lens_dir)
-    path = folder / CONFIG_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{folder} is not a tuned-lens folder (no {CONFIG_FILE}); train one with "
-                                f"`real-vllm thf lens MODEL --out {folder}`")
-    config = json.loads(path.read_text())
-    if config.get("format") != LENS_FORMAT or config.get("format_version") != LENS_FORMAT_VERSION:
-        raise ValueError(f"{path} is not a {LENS_FORMAT} v{LENS_FORMAT_VERSION} file")
-    return config
+    return read_versioned_json(folder / CONFIG_FILE, "tuned-lens folder", LENS_FORMAT, LENS_FORMAT_VERSION,
+                               f"train one with `real-vllm thf lens MODEL --out {folder}`")
 
 
 def check_fingerprint(config: dict, fingerprint: dict, lens_dir, model_name: str) -> None:
