@@ -54,7 +54,7 @@ from vllm.v1.sample.logits_processor import BatchUpdate
 from real_vllm import reference
 from real_vllm.integration.early_processor import EarlyLayerLogitsProcessor
 from real_vllm.integration.processor import RealVllmLogitsProcessor
-from real_vllm.methods import SAMPLERS, parse_sampler_args
+from real_vllm.methods import SAMPLERS, check_vllm_params, parse_sampler_args
 
 assert {"eta", "edt+eta", "sled+eta", "sled+edt+eta"} <= set(SAMPLERS), list(SAMPLERS)
 assert "real+eta" not in SAMPLERS  # one method per stage: REAL and eta are both truncations
@@ -62,6 +62,16 @@ with pytest.raises(ValueError, match="eta_eta must be >= 0 and < 1"):
     parse_sampler_args({"sampler": "eta", "eta_eta": 1.5})
 with pytest.raises(ValueError, match="did you mean 'eta_eta'"):
     parse_sampler_args({"sampler": "eta", "eta_etaa": 0.1})
+
+# vLLM's own parameters: min_p and temperature sit on different sides of eta on the two
+# runners (refused, with the sampler that moves a temperature in front); top_p composes.
+eta_only = parse_sampler_args({"sampler": "eta"})
+with pytest.raises(ValueError, match="min_p 0.1 cannot be combined with sampler eta: vLLM applies it before ETA"):
+    check_vllm_params(eta_only, 1.0, 1.0, 0.1)
+with pytest.raises(ValueError, match=r"temperature 0.7 .* use sampler edt[+]eta with edt_theta 0"):
+    check_vllm_params(eta_only, 0.7, 1.0, 0.0)
+check_vllm_params(eta_only, 1.0, 0.9, 0.0)
+check_vllm_params(eta_only, 0.0, 0.9, 0.1)  # greedy
 
 assert [m.name for m in RealVllmLogitsProcessor.METHODS] == ["edt", "eta", "real"]
 assert "eta" not in [m.name for m in EarlyLayerLogitsProcessor.METHODS]

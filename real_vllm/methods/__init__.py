@@ -146,38 +146,51 @@ def parse_sampler_args(
     return SamplerRequest(sampler, {m: c for m, c in configs.items() if m in SAMPLERS[sampler]})
 
 
-# vLLM's own sampling parameters that a method replaces, or that vLLM applies on one side of
-# it on one runner and on the other side on the other (V1 runs EDT/REAL after vLLM's
-# temperature and min-p; Model Runner V2 before them): refused with these methods.
-# top_k, and top_p with EDT, compose the same way on both runners (applied after the method).
+# V1 runs the temperature and truncation stages after vLLM's temperature and min-p, Model
+# Runner V2 before them; top_k, and top_p with a method that does not replace it, compose the
+# same way on both runners (applied after the method).
 _GREEDY = 1e-5  # vLLM's _SAMPLING_EPS: a lower temperature is greedy
 
 
 def check_vllm_params(request: SamplerRequest, temperature: float, top_p: float, min_p: float,
                       from_server: bool = False) -> None:
-    """Refuse vLLM sampling parameters that EDT or REAL would silently stack with.
-
-    Greedy requests (temperature 0) pass: no method changes the argmax, and vLLM resets
+    """Refuse vLLM sampling parameters that a temperature- or truncation-stage method would
+    silently stack with: those it replaces (``Method.replaces``), and temperature and min_p,
+    which vLLM applies on one side of such a method on one runner and on the other side on the
+    other. Greedy requests (temperature 0) pass: no method changes the argmax, and vLLM resets
     top_p and min_p for them. Raises ValueError naming the parameter.
     """
-    methods = request.methods
-    if temperature < _GREEDY or not ({"edt", "real"} & set(methods)):
+    staged = [BY_NAME[m] for m in request.methods if BY_NAME[m].stage is not Stage.EARLY_LAYERS]
+    if temperature < _GREEDY or not staged:
         return
     whose = f"sampler {request.sampler}" + (" (the server's default)" if from_server else "")
     opt_out = ('; or send vllm_xargs {"sampler": "none"} for plain vLLM sampling' if from_server else "")
-    if temperature != 1.0:
-        if "edt" in methods:
-            fix = "EDT sets the temperature: use edt_t0 (edt_theta 0 is a fixed temperature edt_t0)"
-        else:
-            fix = (f'for a temperature before REAL\'s nucleus use sampler {request.sampler.replace("real", "edt+real")} '
-                   "with edt_theta 0 and edt_t0 = the temperature")
-        raise ValueError(f"temperature {temperature:g} cannot be combined with {whose}: {fix}; "
-                         f"leave temperature at 1 (or 0, greedy){opt_out}")
-    if "real" in methods and top_p != 1.0:
-        raise ValueError(f"top_p {top_p:g} cannot be combined with {whose}: REAL's nucleus replaces "
-                         "top_p (real_p0 with real_decay_temperature 1e9 is top-p(real_p0)); leave "
-                         f"top_p at 1{opt_out}")
-    if min_p > 0.0:
-        raise ValueError(f"min_p {min_p:g} cannot be combined with {whose}: vLLM applies it before "
-                         "EDT/REAL on its V1 runner and after them on Model Runner V2; leave min_p "
-                         f"at 0{opt_out}")
+    named = " and ".join(m.name.upper() for m in staged)
+    order = (f"vLLM applies it before {named} on its V1 runner and after "
+             f"{'them' if len(staged) > 1 else 'it'} on Model Runner V2")
+    for param, value, neutral in (("temperature", temperature, 1.0), ("top_p", top_p, 1.0), ("min_p", min_p, 0.0)):
+        if value == neutral:
+            continue
+        fix = next((m.replaces[param] for m in staged if param in m.replaces), None)
+        if fix is None and param == "temperature":
+            fix = _temperature_in_front(request, named) or order
+        elif fix is None and param == "min_p":
+            fix = order
+        if fix is not None:
+            raise ValueError(f"{param} {value:g} cannot be combined with {whose}: {fix}; "
+                             f"leave {param} at {neutral:g}{' (or 0, greedy)' if param == 'temperature' else ''}"
+                             f"{opt_out}")
+
+
+def _temperature_in_front(request: SamplerRequest, named: str) -> str | None:
+    """How to get a fixed temperature in front of a sampler's methods on both runners: the
+    same sampler with a temperature-stage method that can act as one, if there is such a
+    sampler."""
+    for method in METHODS:
+        if method.fixed_temperature is None:
+            continue
+        names = sorted({*request.methods, method.name}, key=lambda n: BY_NAME[n].stage)
+        sampler = "+".join(names)
+        if sampler in SAMPLERS:
+            return f"for a temperature before {named} use sampler {sampler} {method.fixed_temperature}"
+    return None

@@ -75,6 +75,12 @@ class Method:
     name: ClassVar[str]  # the sampler-name part and the prefix of its request parameters
     stage: ClassVar[Stage]
     config: ClassVar[type]  # frozen dataclass with PARAMS {key: field} and IDENTITY {key: value}
+    # vLLM sampling parameters this method replaces -> what to send instead (refused with it:
+    # methods.check_vllm_params)
+    replaces: ClassVar[dict[str, str]] = {}
+    # A temperature-stage method: how a request asks it for a fixed temperature, so that a
+    # vLLM temperature can be moved in front of a later stage's method.
+    fixed_temperature: ClassVar[str | None] = None
 
     @property
     def reads_early_layers(self) -> bool:

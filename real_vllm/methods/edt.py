@@ -49,6 +49,8 @@ class EDT(Method):
     name = "edt"
     stage = Stage.TEMPERATURE
     config = EDTConfig
+    replaces = {"temperature": "EDT sets the temperature: use edt_t0 (edt_theta 0 is a fixed temperature edt_t0)"}
+    fixed_temperature = "with edt_theta 0 and edt_t0 = the temperature"
 
     def apply(self, logits: torch.Tensor, step) -> torch.Tensor:
         """Every row at once: rows of other requests hold the identity columns. Returns T [B]."""

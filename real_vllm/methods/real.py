@@ -65,6 +65,7 @@ class REAL(Method):
     name = "real"
     stage = Stage.TRUNCATION
     config = REALConfig
+    replaces = {"top_p": "REAL's nucleus replaces top_p (real_p0 with real_decay_temperature 1e9 is top-p(real_p0))"}
 
     def __init__(self):
         self._warned_no_thf = False
