@@ -25,27 +25,47 @@ namespace {
 
 enum Stat { kMax = 0, kZ, kA, kS, kDD, kNumStats };
 
-struct ChunkSums {
-  double z = 0, a = 0, s = 0, dd = 0;
+// The running stats of one (layer, row): max m and, against it, z, a, s; dd.
+struct PairStats {
+  float m;
+  double z, a, s, dd;
 };
 
-// The sums of one (layer, row) over a chunk, against the chunk's running max m. As in
-// softmax_stats (row_stats.h): in base 2 (y = (l_n - m) log2 e, e^(l_n - m) = 2^y, clamped at
-// 2^-127 = 0) with float sums over 2,048 entries moved into double totals, so the loop runs at
-// full SIMD width; double accumulators in the loop would halve it and add conversions.
-REAL_VLLM_ROW_KERNEL ChunkSums chunk_sums(const float* early, const float* final_row, int64_t n,
-                                         float m) {
+// Merges one chunk of a (layer, row) into its running stats in one read: each 2,048-entry block
+// (8 KiB, still in L1 for the second loop) takes its max first, the sums are moved onto it when
+// it rises, then the block's terms are summed against the running max. As in softmax_stats
+// (row_stats.h): in base 2 (y = (l_n - m) log2 e, e^(l_n - m) = 2^y, clamped at 2^-127 = 0)
+// with float sums over a block moved into double totals, so the loop runs at full SIMD width.
+// Entries ahead of the first finite one are summed against m = -inf: they weigh 0, and a
+// masked early entry where the final logit is finite still makes a NaN (no vote), as if summed
+// against the final max. A chunk whose entries are all -inf leaves the stats as they were.
+REAL_VLLM_ROW_KERNEL PairStats merge_chunk(PairStats st, const float* early, const float* final_row,
+                                          int64_t n) {
   constexpr int64_t kBlock = 2048;
-  ChunkSums sums;
+  PairStats out = st;
+  out.dd = 0;
   for (int64_t b0 = 0; b0 < n; b0 += kBlock) {
     const float* e = early + b0;
     const float* f = final_row + b0;
     const int64_t len = std::min(kBlock, n - b0);
+    float block_max = -kInf;
+#pragma omp simd reduction(max : block_max)
+    for (int64_t v = 0; v < len; ++v) block_max = e[v] > block_max ? e[v] : block_max;
+    if (block_max > out.m) {
+      if (out.m > -kInf) {
+        const double r = std::exp(double(out.m) - double(block_max));
+        out.z *= r;
+        out.a *= r;
+        out.s *= r * r;
+      }
+      out.m = block_max;
+    }
+    const float m = out.m;
     float z = 0, a = 0, s = 0, dd = 0;
 #pragma omp simd reduction(+ : z, a, s, dd)
     for (int64_t v = 0; v < len; ++v) {
       float y = (e[v] - m) * kLog2e;
-      y = y > -127.0f ? y : -127.0f;
+      y = y > -127.0f ? y : -127.0f;  // NaN (-inf - -inf) too
       const float p = exp2_nonpos(y);
       const float d = f[v] > -kInf ? e[v] - f[v] : 0.0f;
       z += p;
@@ -53,19 +73,14 @@ REAL_VLLM_ROW_KERNEL ChunkSums chunk_sums(const float* early, const float* final
       s += p * p;
       dd += d * d;
     }
-    sums.z += z;
-    sums.a += a;
-    sums.s += s;
-    sums.dd += dd;
+    out.z += z;
+    out.a += a;
+    out.s += s;
+    out.dd += dd;
   }
-  return sums;
-}
-
-REAL_VLLM_ROW_KERNEL float chunk_max(const float* x, int64_t n) {
-  float mx = -kInf;
-#pragma omp simd reduction(max : mx)
-  for (int64_t v = 0; v < n; ++v) mx = x[v] > mx ? x[v] : mx;
-  return mx;
+  if (!(out.m > -kInf)) return st;
+  out.dd += st.dd;
+  return out;
 }
 
 // The top `keep` entries of one row, values descending, ties in index order (an entry equal
@@ -191,25 +206,15 @@ void sled_stats_(const at::Tensor& logits, const at::Tensor& chunk, int64_t offs
       const int64_t b = p % batch;
       const float* e = early + p * width;
       const float* f = x + b * vocab + offset;
-      float& m = st[kMax * pairs + p];
-      float& z = st[kZ * pairs + p];
-      float& a = st[kA * pairs + p];
-      float& s = st[kS * pairs + p];
-      const float new_max = std::max(m, chunk_max(e, width));
-      if (new_max > m && m > -kInf) {  // move the sums onto the new max
-        const double r = std::exp(double(m) - double(new_max));
-        z = float(z * r);
-        a = float(a * r);
-        s = float(s * r * r);
-      }
-      m = new_max;
-      if (m > -kInf) {
-        const ChunkSums cs = chunk_sums(e, f, width, m);
-        z = float(z + cs.z);
-        a = float(a + cs.a);
-        s = float(s + cs.s);
-        st[kDD * pairs + p] = float(st[kDD * pairs + p] + cs.dd);
-      }
+      float* slot[kNumStats];
+      for (int stat = 0; stat < kNumStats; ++stat) slot[stat] = st + stat * pairs + p;
+      const PairStats merged = merge_chunk({*slot[kMax], *slot[kZ], *slot[kA], *slot[kS], *slot[kDD]},
+                                           e, f, width);
+      *slot[kMax] = merged.m;
+      *slot[kZ] = float(merged.z);
+      *slot[kA] = float(merged.a);
+      *slot[kS] = float(merged.s);
+      *slot[kDD] = float(merged.dd);
       for (int64_t j = 0; j < k; ++j) {
         const int64_t i = cand[b * k + j] - offset;
         if (i >= 0 && i < width) cl[p * k + j] = e[i];
