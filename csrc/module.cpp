@@ -13,6 +13,7 @@ TORCH_LIBRARY(real_vllm, m) {
   m.def("apply_edt_(Tensor(a!) logits, Tensor t0, Tensor n, Tensor theta, float min_scale)"
         " -> Tensor");
   m.def("top_p_mask_(Tensor(a!) logits, Tensor top_p) -> ()");
+  m.def("sled_top_k_(Tensor logits, Tensor k, Tensor(a!) candidates, Tensor(b!) count) -> ()");
   m.def("sled_stats_(Tensor logits, Tensor chunk, int offset, Tensor candidates, Tensor(a!) stats,"
         " Tensor(b!) candidate_logits) -> ()");
   m.def("sled_finish_(Tensor(a!) logits, Tensor stats, Tensor candidates, Tensor count,"

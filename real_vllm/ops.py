@@ -65,7 +65,10 @@ class BackendUnavailable(RuntimeError):
 #   sled_stats_(x, early_chunk [L, B, C], offset, candidates [B, K], stats [5, L, B],
 #               candidate_logits [L, B, K]);
 #   sled_finish_(x, stats, candidates, num_candidates [B], candidate_logits, alpha, lower_bound)
-# and optionally (None where absent) the projection fused with the stats:
+# and optionally (None where absent) SLED's candidates in one pass (else torch.topk):
+#   sled_top_k_(x, k [B] int64, candidates [B, K] int64, count [B] int64), K <= SLED_FUSED_TOP_K,
+#               count -1 where a tie straddles the count-th place (see _sled_candidates);
+# and the projection fused with the stats:
 #   sled_hidden_stats_(x, hidden [L, B, H], weight [V, H], scale, candidates, stats,
 #                      candidate_logits) -> False when it leaves the candidates to the chunks.
 
@@ -90,6 +93,7 @@ def _reference_backend() -> SimpleNamespace:
         top_p_mask_=top_p_mask_,
         sled_stats_=None,
         sled_finish_=None,
+        sled_top_k_=None,
         sled_hidden_stats_=None,
     )
 
@@ -112,6 +116,7 @@ def _cpu_backend() -> SimpleNamespace | str:
         top_p_mask_=o.top_p_mask_,
         sled_stats_=getattr(o, "sled_stats_", None),  # None: an extension built before SLED
         sled_finish_=getattr(o, "sled_finish_", None),
+        sled_top_k_=getattr(o, "sled_top_k_", None),  # None: an extension built before it
         sled_hidden_stats_=None,  # on CPU the chunked path's GEMM is MKL's
     )
 
@@ -130,6 +135,7 @@ def _triton_backend() -> SimpleNamespace | str:
         top_p_mask_=top_p.top_p_mask_,
         sled_stats_=sled.sled_stats_,
         sled_finish_=sled.sled_finish_,
+        sled_top_k_=None,
         sled_hidden_stats_=sled.sled_hidden_stats_,
     )
 
@@ -312,7 +318,10 @@ def _host_k(k, batch: int) -> torch.Tensor:
     return host.to(torch.int64).expand(batch)
 
 
-def _sled_candidates(x: torch.Tensor, k, max_k: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+SLED_FUSED_TOP_K = 256  # the widest top-k the C++ pass takes (csrc/sled.cpp kMaxFusedTopK)
+
+
+def _sled_candidates(x: torch.Tensor, k, max_k: int | None = None, top_k_=None) -> tuple[torch.Tensor, torch.Tensor]:
     """The top-k candidates of each row ([B, width]: masked tokens never are one among the first
     count[b] of row b, the live ones) and that count: 0 for a row that is left alone (NaN or
     +inf in it, or nothing finite).
@@ -321,7 +330,12 @@ def _sled_candidates(x: torch.Tensor, k, max_k: int | None = None) -> tuple[torc
     a CPU tensor (validated there), or from ``max_k`` for a [B] tensor on the logits' device,
     which the caller vouches holds whole numbers in [1, max_k] (the processor validated every
     request's k and keeps the host copy); a device tensor without max_k is copied to the host
-    once."""
+    once.
+
+    ``top_k_``: a backend's one-pass top-k (sled_top_k_) for widths up to SLED_FUSED_TOP_K.
+    Where a tie straddles a row's count-th place it leaves the row to torch.topk(row, count),
+    the reference's own call (reference.sled_evolve), so that equal logits are chosen between
+    exactly as there (docs/algorithms.md §4.1 step 2); elsewhere the top count are one set."""
     batch, vocab = x.shape
     trusted = isinstance(k, torch.Tensor) and k.device == x.device and max_k is not None
     if trusted:
@@ -338,9 +352,20 @@ def _sled_candidates(x: torch.Tensor, k, max_k: int | None = None) -> tuple[torc
             k = torch.full((batch,), int(k_host[0]) if batch else 1, dtype=torch.int64, device=x.device)
     if not batch:
         return torch.zeros(0, 0, dtype=torch.int64, device=x.device), k
+    width = min(width, vocab)
+    if top_k_ is not None and width <= SLED_FUSED_TOP_K:
+        candidates = torch.empty(batch, width, dtype=torch.int64, device=x.device)
+        count = torch.empty(batch, dtype=torch.int64, device=x.device)
+        top_k_(x, k.contiguous(), candidates, count)
+        for b in (count < 0).nonzero().flatten().tolist():  # rare: a tie at the count-th place
+            row = x[b]
+            live = int(min(int(k[b]), int((row > float("-inf")).sum())))
+            candidates[b, :live] = torch.topk(row, live).indices
+            count[b] = live
+        return candidates, count
     # One pass over the logits (the top-k itself): it sorts NaN and +inf first, so its first value
     # flags a bad row, and a row with fewer finite tokens than k has -inf among its top k.
-    top = torch.topk(x, min(width, vocab), dim=1)
+    top = torch.topk(x, width, dim=1)
     bad = ~(top.values[:, 0] < float("inf"))
     finite = (top.values > float("-inf")).sum(dim=1)
     count = torch.where(bad, torch.zeros_like(k), torch.minimum(k, finite))
@@ -365,7 +390,7 @@ def _sled_streaming(x, layers, alpha, k, max_k, lower_bound, impl, gather) -> No
     """Run SLED in place on x: ``gather(candidates, stats, candidate_logits)`` fills the
     per-(layer, row) stats and the early logits at the candidates, then the backend finishes."""
     batch = x.shape[0]
-    candidates, count = _sled_candidates(x, k, max_k)
+    candidates, count = _sled_candidates(x, k, max_k, getattr(impl, "sled_top_k_", None))
     alpha = _per_row("alpha", alpha, x)
     lower_bound = _per_row("lower_bound", lower_bound, x)
     stats = torch.zeros(SLED_STATS, layers, batch, dtype=torch.float32, device=x.device)

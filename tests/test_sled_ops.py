@@ -445,3 +445,93 @@ def test_an_early_layer_with_a_masked_entry_gives_no_vote(backend, gen):
     got = ops.sled_evolve(x, early, 2.0, 10, backend=backend)
     without = ops.sled_evolve(x, early[[0, 2]], 2.0, 10, backend="reference")
     torch.testing.assert_close(got, without, atol=ATOL, rtol=RTOL)
+
+
+# --------------------------------------------------------------------------- the one-pass top-k
+
+
+def tie_rows(batch: int, vocab: int, gen: torch.Generator) -> torch.Tensor:
+    """Random rows and edge rows for the candidates: -inf entries, one-hot, uniform, logits on a
+    coarse grid (many ties, some at the k-th place), ties at the very top, NaN, +inf, all -inf."""
+    x = torch.randn(batch, vocab, generator=gen) * 2
+    for r in range(batch):
+        kind = r % 9
+        if kind == 1:
+            x[r, torch.rand(vocab, generator=gen) < 0.6] = -math.inf
+        elif kind == 2:  # one-hot: one finite entry among -inf
+            x[r] = -math.inf
+            x[r, torch.randint(vocab, (1,), generator=gen)] = 3.0
+        elif kind == 3:  # uniform
+            x[r] = float(torch.randn(1, generator=gen))
+        elif kind == 4:  # a coarse grid: ties everywhere, the k-th place too
+            x[r] = (x[r] * 2).round() / 2
+        elif kind == 5:  # the top few equal, then distinct values
+            top = torch.randperm(vocab, generator=gen)[:min(vocab, 12)]
+            x[r, top] = x[r].max() + 1
+        elif kind == 6:
+            x[r, torch.randint(vocab, (1,), generator=gen)] = math.nan
+        elif kind == 7:
+            x[r, torch.randint(vocab, (1,), generator=gen)] = math.inf
+        elif kind == 8:
+            x[r] = -math.inf
+    return x
+
+
+@pytest.mark.parametrize("width", [1, 10, 11, 64, 256])
+@pytest.mark.parametrize("vocab", [7, 1000, 4097, 49152, 49999])
+def test_one_pass_top_k_chooses_the_reference_candidates(vocab, width, gen):
+    """The C++ candidates pass (sled_top_k_, through ops._sled_candidates) against torch.topk as
+    reference.sled_evolve calls it, torch.topk(row, min(k, finite)): the same count and the same
+    set on every row, ties at the k-th place included (those rows go to torch.topk), per-row k;
+    the live candidates in descending order; every slot a valid token."""
+    impl = ops._resolve("cpu", torch.device("cpu")) if "cpu" in ops.available_backends() else None
+    if impl is None or impl.sled_top_k_ is None:
+        pytest.skip("the C++ extension with sled_top_k_ is not built")
+    width = min(width, vocab)
+    batch = 27
+    x = tie_rows(batch, vocab, gen)
+    k = torch.randint(1, width + 1, (batch,), generator=gen)
+    k[0] = width
+    candidates, count = ops._sled_candidates(x, k, top_k_=impl.sled_top_k_)
+    assert candidates.shape == (batch, width) and count.shape == (batch,)
+    assert ((candidates >= 0) & (candidates < vocab)).all()
+    for b in range(batch):
+        row = x[b]
+        finite = row > -math.inf
+        if torch.isnan(row).any() or (row == math.inf).any() or not finite.any():
+            assert int(count[b]) == 0, f"row {b}: a row left alone must have count 0"
+            continue
+        kb = min(int(k[b]), int(finite.sum()))
+        assert int(count[b]) == kb, f"row {b}: count {int(count[b])}, want {kb}"
+        got = candidates[b, :kb]
+        want = torch.topk(row, kb).indices
+        assert set(got.tolist()) == set(want.tolist()), f"row {b}: another top-{kb} set than torch.topk's"
+        values = row[got]
+        assert (values[:-1] >= values[1:]).all(), f"row {b}: candidates not in descending order"
+
+
+def test_one_pass_top_k_evolves_like_the_reference_on_ties(gen):
+    """Through the whole op: rows with ties at the k-th place evolve exactly the reference's
+    candidates (check_sled compares with the reference only where the set is unambiguous)."""
+    need("cpu", 4097)
+    x = tie_rows(18, 4097, gen)
+    early = make_early(2, 18, 4097, gen)
+    k = torch.randint(1, 21, (18,), generator=gen)
+    got = ops.sled_evolve(x, early, 2.0, k, -1000.0, backend="cpu")
+    want = reference.sled_evolve(x, early, 2.0, k.float(), -1000.0)
+    torch.testing.assert_close(got, want, atol=ATOL, rtol=RTOL, equal_nan=True)
+
+
+def test_one_pass_top_k_bad_arguments_raise_clear_errors():
+    impl = ops._resolve("cpu", torch.device("cpu")) if "cpu" in ops.available_backends() else None
+    if impl is None or impl.sled_top_k_ is None:
+        pytest.skip("the C++ extension with sled_top_k_ is not built")
+    x = torch.randn(2, 300)
+    k = torch.tensor([3, 3])
+    count = torch.empty(2, dtype=torch.int64)
+    with pytest.raises(RuntimeError, match="candidates width"):
+        impl.sled_top_k_(x, k, torch.empty(2, ops.SLED_FUSED_TOP_K + 1, dtype=torch.int64), count)
+    with pytest.raises(RuntimeError, match="k must be"):
+        impl.sled_top_k_(x, k.float(), torch.empty(2, 3, dtype=torch.int64), count)
+    with pytest.raises(RuntimeError, match="count must be"):
+        impl.sled_top_k_(x, k, torch.empty(2, 3, dtype=torch.int64), torch.empty(3, dtype=torch.int64))
