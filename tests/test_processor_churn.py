@@ -387,12 +387,14 @@ class V2Churn(Churn):
         self.mrv2.apply_staged_writes()
         ids = sorted(self.live)
         order = [ids[i] for i in torch.randperm(len(ids), generator=self.gen).tolist()]
-        # 0-3 draft rows per request (the next tokens, or -1 placeholders inside the prefill);
+        # 0-3 draft rows per request (the next tokens, other tokens, or -1 placeholders inside the prefill);
         # none where REAL re-tokenises (start-up refuses that with speculative decoding).
         drafts = {}
         for r in order:
             k = 0 if self.server.retokenize else (int(r) + self.steps) % 4
             drafts[r] = [-1] * k if (int(r) + self.steps) % 7 == 0 else self.live[r].next_tokens(k)
+            if (int(r) + self.steps) % 3 == 1:  # drafts the verifier will reject: other tokens
+                drafts[r] = [t if t < 0 else self.live[r].stream[-1 - j] for j, t in enumerate(drafts[r])]
         rows = [(r, drafts[r][:j]) for r in order for j in range(len(drafts[r]) + 1)]
         step = Step(len(rows), self.gen)
         out = self.mrv2.apply(step.logits.clone(), self.mrv2.context(order, drafts))
