@@ -71,7 +71,7 @@ def step_figures(model: str, prompt_ids: list[int], output_ids: list[int], xargs
         # The context the processor saw before each generated token.
         tokens = prompt_ids + output_ids
         contexts = [tokens[: len(prompt_ids) + t] for t in range(len(output_ids))]
-        windows, lengths = right_aligned_windows(contexts, thf.window)
+        windows, lengths = right_aligned_windows(contexts, thf.context)
         params = thf.curve_params(windows, lengths)
         c = curves.asymptote(params, thf.config.curve)
         d = curves.residual_entropy(params, thf.config.s_ref, thf.config.curve)

@@ -12,7 +12,12 @@ final logits and the early layers of the row's tap, then EDT, then REAL's nucleu
 from a separate THF runtime's public call (THFRuntime.residual_entropy) on the window built
 from this test's own record of the request's tokens (prompt + known output, drafts before the
 row; for a server with --real-retokenize, the record decoded and re-tokenised whole with the
-THF's tokenizer). Two servers: a THF with the served tokenizer, and one with another tokenizer.
+THF's tokenizer). Three servers: a THF with the served tokenizer, one with another tokenizer,
+and a sliding-window THF served incrementally from its per-request key/value cache (window 6,
+so that requests outgrow its 11-token receptive field within a test), whose p_t is checked
+against the full sliding-window forward over the request's whole sequence (model.predict_last
+on prompt + known output + drafts): joins, leaves, preemption, slot moves, drafts and async
+placeholders must all leave the cache exact.
 
 Seeded (derandomized Hypothesis, no example database, no shrinking): 40 s of CPU in all (72 s
 wall on a loaded 2-core machine).
@@ -40,6 +45,7 @@ from real_vllm.integration.early_processor import EarlyLayerLogitsProcessor
 from real_vllm.integration.processor import RealVllmLogitsProcessor
 from real_vllm.methods.edt import MIN_SCALE
 from real_vllm.thf import curves
+from real_vllm.thf.model import predict_last
 from real_vllm.thf.runtime import THFRuntime, right_aligned_windows
 from tests.mrv2 import MRV2
 from tests.thf_fixtures import build_tiny_thf
@@ -160,6 +166,10 @@ class Server:
         return tokens[-self.thf.window:]
 
     def threshold(self, tokens: list[int], p0: float, decay: float) -> torch.Tensor:
+        if self.thf.config.sliding and not self.retokenize:
+            # The whole sequence through the reference sliding-window forward.
+            params = predict_last(self.thf.model, torch.tensor([tokens]))
+            return curves.threshold(self.thf.residual_entropy_of(params), p0, decay)
         windows, lengths = right_aligned_windows([self.window(tokens)], self.thf.window)
         return curves.threshold(self.thf.residual_entropy(windows, lengths), p0, decay)
 
@@ -377,12 +387,14 @@ class V2Churn(Churn):
         self.mrv2.apply_staged_writes()
         ids = sorted(self.live)
         order = [ids[i] for i in torch.randperm(len(ids), generator=self.gen).tolist()]
-        # 0-3 draft rows per request (the next tokens, or -1 placeholders inside the prefill);
+        # 0-3 draft rows per request (the next tokens, other tokens, or -1 placeholders inside the prefill);
         # none where REAL re-tokenises (start-up refuses that with speculative decoding).
         drafts = {}
         for r in order:
             k = 0 if self.server.retokenize else (int(r) + self.steps) % 4
             drafts[r] = [-1] * k if (int(r) + self.steps) % 7 == 0 else self.live[r].next_tokens(k)
+            if (int(r) + self.steps) % 3 == 1:  # drafts the verifier will reject: other tokens
+                drafts[r] = [t if t < 0 else self.live[r].stream[-1 - j] for j, t in enumerate(drafts[r])]
         rows = [(r, drafts[r][:j]) for r in order for j in range(len(drafts[r]) + 1)]
         step = Step(len(rows), self.gen)
         out = self.mrv2.apply(step.logits.clone(), self.mrv2.context(order, drafts))
@@ -408,7 +420,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-SERVERS = ["same tokenizer", "another tokenizer (--real-retokenize)"]
+SERVERS = ["same tokenizer", "another tokenizer (--real-retokenize)", "sliding THF, key/value cache"]
 
 
 @pytest.fixture(scope="module")
@@ -422,8 +434,10 @@ def servers(tiny_model_dir, tmp_path_factory):
 
     def server(which: str) -> Server:
         if which not in built:
-            retokenize = which != SERVERS[0]
-            thf = build_tiny_thf(root / f"thf-{SERVERS.index(which)}", other if retokenize else tiny_model_dir)
+            retokenize = which == SERVERS[1]
+            sliding = dict(attention="sliding", window=6) if which == SERVERS[2] else {}
+            thf = build_tiny_thf(root / f"thf-{SERVERS.index(which)}", other if retokenize else tiny_model_dir,
+                                 **sliding)
             built[which] = Server(tiny_model_dir, thf, retokenize)
         return built[which]
 

@@ -608,3 +608,169 @@ def test_no_thf_module_touches_the_umask():
     for path in Path(real_vllm.thf.__file__).parent.glob("*.py"):
         calls = [n for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Attribute) and n.attr == "umask"]
         assert not calls, f"{path.name} uses os.umask (line {calls[0].lineno})"
+
+
+# --------------------------------------------------------------------------------------------
+# Sliding-window THF: the banded forward and its incremental serving twin
+
+
+def _sliding_thf(word_tok, *, window=5, layers=2, kv_heads=1, rank=16, seed=0):
+    torch.manual_seed(seed)
+    backbone = {**TINY_BACKBONE, "vocab_size": VOCAB, "num_hidden_layers": layers, "num_key_value_heads": kv_heads}
+    model = THFModel(THFConfig(sizes=[1.0, 2.0], backbone=backbone, embedding_rank=rank, tokenizer=word_tok[2],
+                               attention="sliding", window=window))
+    torch.nn.init.normal_(model.head.weight, std=0.3)
+    return model.eval()
+
+
+def _full(model, seq):
+    """The reference: the sliding-window forward over a whole sequence, every position's output."""
+    with torch.no_grad():
+        return model(torch.tensor([seq]))[0]
+
+
+@pytest.mark.parametrize("layers", [1, 2, 3])
+def test_sliding_output_depends_on_exactly_its_receptive_field(word_tok, layers):
+    """The output at the last token changes with the token ``context`` - 1 back and not with any
+    earlier one; positions do not matter (RoPE is relative and the angles exact)."""
+    model = _sliding_thf(word_tok, layers=layers)
+    context = model.config.context
+    assert context == layers * (model.config.window - 1) + 1
+    g = torch.Generator().manual_seed(layers)
+    seq = torch.randint(0, VOCAB, (1, 3 * context), generator=g)
+    with torch.no_grad():
+        last = model(seq)[0, -1]
+        torch.testing.assert_close(model(seq[:, -context:])[0, -1], last, rtol=1e-5, atol=1e-6)
+        far = seq.clone()
+        far[0, : -context] = (far[0, : -context] + 1) % VOCAB
+        torch.testing.assert_close(model(far)[0, -1], last, rtol=1e-5, atol=1e-6)
+        near = seq.clone()
+        near[0, -context] = (near[0, -context] + 1) % VOCAB
+        assert not torch.allclose(model(near)[0, -1], last, rtol=1e-4, atol=1e-5)
+        shifted = model(seq[:, -context:], position_ids=torch.arange(context)[None] + 100_000)[0, -1]
+        torch.testing.assert_close(shifted, last, rtol=1e-5, atol=1e-6)
+
+
+def test_sliding_within_one_window_is_the_causal_llama(word_tok):
+    """Up to ``window`` tokens the band is the whole causal mask: the same as the backbone's own
+    (transformers') forward."""
+    model = _sliding_thf(word_tok, window=12)
+    seq = torch.randint(0, VOCAB, (3, 12))
+    with torch.no_grad():
+        want = torch.exp(model.head(model.backbone(input_ids=seq).last_hidden_state).float())
+        torch.testing.assert_close(model(seq), want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("layers,kv_heads,window", [(2, 1, 5), (3, 2, 4), (1, 1, 7)])
+def test_incremental_forward_equals_the_full_sliding_forward_at_every_step(word_tok, layers, kv_heads, window):
+    """SlidingKVCache over a churning batch: requests join (prefill of the whole prompt, or of
+    the last ``context`` tokens of a long one), leave, are preempted and resumed (rebuilt from
+    their last ``context`` tokens, in another slot), gain 1-3 tokens a step (speculative
+    acceptances), skip steps, and carry non-committing draft rows that read the cache. Every
+    output of every step equals the full sliding-window forward over the request's whole
+    sequence (float32, tight tolerance)."""
+    from real_vllm.thf.incremental import SlidingKVCache
+
+    model = _sliding_thf(word_tok, window=window, layers=layers, kv_heads=kv_heads, seed=layers)
+    context = model.config.context
+    slots = 6
+    cache = SlidingKVCache(model, slots, torch.device("cpu"))
+    g = torch.Generator().manual_seed(window)
+    draw = lambda n: torch.randint(0, n, (), generator=g).item()  # noqa: E731
+    streams = {}  # request -> its whole token stream
+    live = {}  # request -> (slot, tokens so far)
+    next_id = checked = rebuilt = 0
+    for step in range(60):
+        free = sorted(set(range(slots)) - {s for s, _ in live.values()})
+        if free and draw(3) == 0:  # a join, with a short or a long prompt
+            streams[next_id] = torch.randint(0, VOCAB, (200,), generator=g).tolist()
+            cache.reset(free[0])
+            live[next_id] = (free[0], draw(2) * 3 * context + 1 + draw(8))
+            next_id += 1
+        if live and draw(8) == 0:  # a leave
+            del live[sorted(live)[draw(len(live))]]
+        if live and draw(8) == 0:  # preempted, then resumed in another free slot
+            r = sorted(live)[draw(len(live))]
+            free = sorted(set(range(slots)) - {s for s, _ in live.values()}) + [live[r][0]]
+            slot = free[draw(len(free))]
+            cache.reset(slot)
+            live[r] = (slot, live[r][1])
+        # Rows: each scheduled request's new tokens (a rebuild after a reset), then draft rows.
+        rows = []  # (request, slot, first position, last position, base, commit)
+        for r, (slot, n) in live.items():
+            if draw(6) == 0:
+                continue  # not scheduled this step
+            base = int(cache.newest[slot])
+            if base < 0:
+                rebuilt += 1
+            first = base + 1 if base >= 0 else max(0, n - context)
+            rows.append((r, slot, first, n - 1, base, n - 1))
+            for k in range(1, draw(3)):  # drafts: the next stream tokens, never committed
+                rows.append((r, slot, first, n - 1 + k, base, -1))
+        if not rows:
+            continue
+        width = max(last - first + 1 for _, _, first, last, _, _ in rows)
+        tokens = torch.zeros(len(rows), width, dtype=torch.long)
+        positions = torch.zeros(len(rows), width, dtype=torch.long)
+        real = torch.zeros(len(rows), width, dtype=torch.bool)
+        for i, (r, _, first, last, _, _) in enumerate(rows):
+            positions[i] = torch.arange(last - width + 1, last + 1)
+            real[i] = positions[i] >= first
+            tokens[i, real[i]] = torch.tensor(streams[r][first:last + 1])
+        out = cache.step(torch.tensor([row[1] for row in rows]), tokens, positions, real,
+                         torch.tensor([row[4] for row in rows]), torch.tensor([row[5] for row in rows]))
+        for i, (r, _, first, last, base, _) in enumerate(rows):
+            # Exact: every output of a row that continues its cache or starts its sequence; of a
+            # rebuild from the last `context` tokens, its last output (earlier ones see less).
+            exact = real[i] & ((base >= 0) | (first == 0) | (positions[i] - first >= context - 1))
+            want = _full(model, streams[r][:last + 1])[positions[i][exact]]
+            torch.testing.assert_close(out[i, exact], want, rtol=1e-5, atol=1e-5,
+                                       msg=lambda m: f"step {step}, request {r}: {m}")
+            checked += int(exact.sum())
+        for r, (slot, n) in list(live.items()):  # the committed rows' requests grow by 1-3 tokens
+            if any(row[0] == r and row[5] >= 0 for row in rows):
+                assert int(cache.newest[slot]) == n - 1
+                live[r] = (slot, n + 1 + draw(3))
+    assert checked > 300 and rebuilt > 5, (checked, rebuilt)
+
+
+def test_sliding_checkpoint_round_trip_and_versions(word_tok, tmp_path):
+    """A sliding THF saves as format version 2 with its attention; a block one keeps version 1,
+    which cannot claim sliding attention."""
+    from real_vllm.thf.model import read_config
+
+    model = _sliding_thf(word_tok)
+    model.save(tmp_path / "sliding", word_tok[0], dtype=torch.float32)
+    doc = json.loads((tmp_path / "sliding" / "thf_config.json").read_text())
+    assert doc["format_version"] == 2 and doc["attention"] == "sliding"
+    loaded = THFModel.load(tmp_path / "sliding")
+    assert loaded.config.sliding and loaded.config.context == 9
+    seq = torch.randint(0, VOCAB, (2, 30))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(seq), model(seq))
+    _tiny_thf(word_tok[2]).save(tmp_path / "block", word_tok[0])
+    doc = json.loads((tmp_path / "block" / "thf_config.json").read_text())
+    assert doc["format_version"] == 1 and not read_config(tmp_path / "block").sliding
+    doc["attention"] = "sliding"
+    (tmp_path / "block" / "thf_config.json").write_text(json.dumps(doc))
+    with pytest.raises(THFCheckpointError, match="version 1 holds block-window"):
+        read_config(tmp_path / "block")
+    with pytest.raises(ValueError, match="attention must be one of"):
+        THFConfig(sizes=[1.0], backbone={"vocab_size": 4}, attention="banded")
+
+
+def test_training_a_sliding_thf(synthetic_data, tmp_path):
+    """`thf train --attention sliding`: the recipe and config record it, the loss falls, and the
+    saved model is the sliding one (its output ignores tokens beyond its receptive field)."""
+    recipe = {**SYNTH_RECIPE, "epochs": 8}
+    record = train(synthetic_data, tmp_path / "ckpt", attention="sliding", window=4, **recipe)
+    assert record["recipe"]["attention"] == "sliding" and record["recipe"]["window"] == 4
+    losses = [h["valid"]["loss"] for h in record["history"]]
+    assert losses[-1] < 0.5 * losses[0], losses
+    model = THFModel.load(tmp_path / "ckpt")
+    assert model.config.sliding and model.config.window == 4
+    seq = torch.randint(0, VOCAB, (1, 20))
+    far = seq.clone()
+    far[0, :10] = (far[0, :10] + 3) % VOCAB  # context 7: the last output reads tokens 13..19
+    with torch.no_grad():
+        torch.testing.assert_close(model(far)[0, -1], model(seq)[0, -1], rtol=1e-5, atol=1e-6)

@@ -10,7 +10,7 @@ TINY_BACKBONE = dict(
 )
 
 
-def build_tiny_thf(out_dir: Path, tokenizer_dir: Path, seed: int = 0) -> Path:
+def build_tiny_thf(out_dir: Path, tokenizer_dir: Path, seed: int = 0, attention: str = "block", window: int = 40) -> Path:
     from transformers import AutoTokenizer
 
     from real_vllm.thf.fingerprint import tokenizer_fingerprint
@@ -22,6 +22,8 @@ def build_tiny_thf(out_dir: Path, tokenizer_dir: Path, seed: int = 0) -> Path:
         sizes=[10.0, 12.0, 14.0],
         backbone={**TINY_BACKBONE, "vocab_size": len(tokenizer)},
         embedding_rank=None,
+        attention=attention,
+        window=window,
         tokenizer={"fingerprint": tokenizer_fingerprint(tokenizer), "files": files},
     )
     torch.manual_seed(seed)

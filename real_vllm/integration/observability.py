@@ -372,7 +372,9 @@ def log_startup_summary(vllm_config: VllmConfig, defaults: dict, thf, thf_status
     logger.info("real_vllm %s: samplers served: %s; server default: %s", __version__, ", ".join(served), default)
     if thf is not None:
         retok = " (re-tokenising the served text)" if thf.retokenizer is not None else ""
-        logger.info("real_vllm: REAL's THF: %s", thf_status + retok)
+        kind = (" (sliding window: per-request key/value cache, one new token per layer per step)"
+                if thf.incremental else "")
+        logger.info("real_vllm: REAL's THF: %s", thf_status + retok + kind)
     else:
         logger.info("real_vllm: REAL unavailable (its requests get plain top-p(real_p0)): %s", thf_status)
     if wrapped:

@@ -24,7 +24,7 @@ import torch
 from real_vllm.integration import frontend, observability
 from real_vllm.integration.slot_processor import SlotLogitsProcessor
 from real_vllm.integration.step import ProcessorStep
-from real_vllm.integration.windows import WindowReader
+from real_vllm.integration.windows import SlidingReader, WindowReader
 from real_vllm.methods import METHODS, SAMPLERS, check_vllm_params, parse_sampler_args
 from real_vllm.thf.retokenize import TextHistory
 
@@ -45,8 +45,14 @@ class RealVllmLogitsProcessor(SlotLogitsProcessor):
         super().__init__(vllm_config, *runner_args)
         self._thf_status = "no THF checkpoint (--real-thf PATH)"
         self.thf = self._load_thf(vllm_config)
-        self.windows = (None if self.thf is None else
-                        WindowReader(self.thf.window, self.device, self.req_states, self.thf.retokenizer))
+        self.windows = self.sliding = None
+        if self.thf is not None and self.thf.incremental:
+            spec = getattr(vllm_config, "speculative_config", None)
+            self.sliding = SlidingReader(self.thf, len(self.slots.tokens), self.device, self.req_states,
+                                         getattr(spec, "num_speculative_tokens", None))
+            self.slots.followers.append(self.sliding)
+        elif self.thf is not None:
+            self.windows = WindowReader(self.thf.context, self.device, self.req_states, self.thf.retokenizer)
         observability.log_startup_summary(vllm_config, self.defaults, self.thf, self._thf_status)
 
     @classmethod
@@ -125,4 +131,6 @@ class RealVllmLogitsProcessor(SlotLogitsProcessor):
         """The THF's d on the windows of ``rows`` (host; ``index``: the same on the device), or
         of every row when both are None."""
         with self.metrics.timed("thf"):
+            if self.sliding is not None:
+                return self.thf.residual_entropy_of(self.sliding.curve_params(step, rows, index))
             return self.thf.residual_entropy(*self.windows.windows(step, rows, index))

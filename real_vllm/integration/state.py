@@ -30,6 +30,9 @@ class SlotTable:
         }
         # V1 only: (prompt ids, live output ids) of each slot's request, for REAL's window.
         self.tokens: list[tuple[list[int], list[int]] | None] = [None] * num_slots
+        # Per-slot state kept elsewhere that must follow the requests (REAL's THF key/value
+        # cache): each gets reset(slot), move(src, dst) and swap(a, b).
+        self.followers: list = []
         on_cpu = self.device.type == "cpu"
         self._device = {c: t if on_cpu else t.to(self.device) for c, t in self._host.items()}
         self._dirty = False
@@ -38,6 +41,8 @@ class SlotTable:
         """Store a request's parameters (and, on V1, its token lists) in ``slot``; returns
         whether any method runs."""
         self.tokens[slot] = tokens
+        for follower in self.followers:
+            follower.reset(slot)
         for method in self.methods:
             config = request.configs.get(method.name)
             self.runs[method.name][slot] = config is not None
@@ -57,6 +62,8 @@ class SlotTable:
         for t in self._host.values():
             t[dst] = t[src]
         self.tokens[dst] = self.tokens[src]
+        for follower in self.followers:
+            follower.move(src, dst)
         self.clear(src)
 
     def swap(self, a: int, b: int) -> None:
@@ -65,6 +72,8 @@ class SlotTable:
         for t in self._host.values():
             t[[a, b]] = t[[b, a]]
         self.tokens[a], self.tokens[b] = self.tokens[b], self.tokens[a]
+        for follower in self.followers:
+            follower.swap(a, b)
         self._dirty = True
 
     def flush(self) -> None:

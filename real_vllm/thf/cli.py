@@ -3,7 +3,7 @@
 REAL: arXiv 2406.07735. The pipeline, for a family of causal LMs that share one tokenizer:
 
     real-vllm thf collect --family M1 M2 ... --corpus FILES...|wiki --out DATA
-    real-vllm thf train DATA --out CKPT [--curve poly|exp|logistic] [--epochs 3]
+    real-vllm thf train DATA --out CKPT [--curve poly|exp|logistic] [--epochs 3] [--attention sliding]
     real-vllm thf eval CKPT DATA [--plot PATH]
 
 A family member may be given as `default` (the embedded SmolLM2-135M-Instruct folder). `--corpus
@@ -71,6 +71,11 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--backbone", type=json.loads, default=None, metavar="JSON",
                    help='LlamaConfig overrides, e.g. \'{"num_hidden_layers": 6}\'')
     t.add_argument("--embedding-rank", type=int, default=48, help="low-rank input embedding; 0 = plain embedding")
+    t.add_argument("--attention", choices=["block", "sliding"], default="block",
+                   help="block: causal over each block, served on the last --window tokens recomputed every step "
+                        "(default); sliding: every layer sees the last --window positions, in training and "
+                        "serving, so serving keeps a per-request key/value cache and computes one token a step")
+    t.add_argument("--window", type=int, default=40, help="THF window in tokens (default 40)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default=None)
 
@@ -153,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
         record = train(args.data, args.out, curve=args.curve, epochs=args.epochs, lr=args.lr,
                        batch_size=args.batch_size, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
                        backbone=args.backbone, embedding_rank=args.embedding_rank or None, seed=args.seed,
-                       device=args.device)
+                       device=args.device, attention=args.attention, window=args.window)
         print(json.dumps({"checkpoint": args.out, "final_valid": record["final_valid"],
                           "parameters": record["parameters"]}, indent=2))
     else:

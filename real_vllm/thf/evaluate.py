@@ -8,7 +8,9 @@ to token (a constant d would make REAL plain top-p). `evaluate()` reports:
   predicting the split's mean entropy for that size (the labels' standard deviation);
 - the same at the runtime condition, where THF sees only the last `window` (40) tokens, on a
   random sample of positions, next to the full-context RMSE at those positions (training uses
-  whole 1,024-token blocks, so this shows what the short window costs);
+  whole 1,024-token blocks, so this shows what the short window costs); for a sliding THF the
+  runtime input is its receptive field (THFConfig.context), on which it gives its full-context
+  output, so the two agree;
 - quantiles of the asymptotic entropy c, the residual d and the threshold
   p_t = min(1, p0 e^(-d/T)) at p0 = 1 for every T_decay of the paper's sweep
   {0.5, 0.7, 1, 2, 3, 4} (REAL's default decay is the REAL method config's, which this training
@@ -98,7 +100,7 @@ def evaluate(
                for j, m in enumerate(meta["members"])]
 
     # Runtime condition: the window ending at a random position t (t >= window - 1 so it is full).
-    window = min(cfg.window, block)
+    window = min(cfg.context, block)
     g = torch.Generator().manual_seed(seed)
     count = min(window_positions, n_blocks * (block - window + 1))
     rows = torch.randint(0, n_blocks, (count,), generator=g)

@@ -47,10 +47,20 @@ from real_vllm.thf.fingerprint import tokenizer_fingerprint
 from real_vllm.utils import atomic_write
 
 FORMAT = "real_vllm.thf"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # written for sliding-window THFs; block-window ones keep version 1
+FORMAT_VERSIONS = (1, 2)  # read: 1 has no "attention" field (block windows)
 CONFIG_FILE = "thf_config.json"
 WEIGHTS_FILE = "model.safetensors"
 DEFAULT_WINDOW = 40  # docs/algorithms.md §2.2: THF reads the last 40 tokens at decode time
+# How a THF's attention sees its window (THFConfig.attention):
+#   "block": trained on whole blocks, served on the last `window` tokens recomputed every step
+#            (positions restart in each window), so nothing can be cached across steps;
+#   "sliding": every layer attends causally to the last `window` positions only (itself and the
+#            window - 1 before it), in training and serving alike, so the serving forward keeps
+#            each request's last `window` keys and values per layer and computes only new tokens
+#            (real_vllm/thf/incremental.py). Its output at a token depends on the last
+#            num_layers * (window - 1) + 1 tokens (THFConfig.context).
+ATTENTION_MODES = ("block", "sliding")
 
 DEFAULT_BACKBONE = {
     "hidden_size": 128,
@@ -92,9 +102,14 @@ class THFConfig:
     dropout: float = 0.1
     tokenizer: dict = dataclasses.field(default_factory=dict)
     training: dict = dataclasses.field(default_factory=dict)
+    attention: str = "block"
 
     def __post_init__(self):
         curves.check_curve(self.curve)
+        if self.attention not in ATTENTION_MODES:
+            raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {self.attention!r}")
+        if self.window < 1:
+            raise ValueError(f"window must be >= 1, got {self.window}")
         self.sizes = [float(s) for s in self.sizes]
         if not self.sizes:
             raise ValueError("a THF needs at least one family size")
@@ -110,6 +125,21 @@ class THFConfig:
     @property
     def num_outputs(self) -> int:
         return curves.num_outputs(self.curve)
+
+    @property
+    def sliding(self) -> bool:
+        return self.attention == "sliding"
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.backbone.get("num_hidden_layers", DEFAULT_BACKBONE["num_hidden_layers"]))
+
+    @property
+    def context(self) -> int:
+        """Tokens the output at a position depends on: the window for a block THF (served on its
+        last `window` tokens); for a sliding one its receptive field, each layer reaching
+        window - 1 tokens further back."""
+        return self.num_layers * (self.window - 1) + 1 if self.sliding else self.window
 
 
 class FactorizedEmbedding(nn.Module):
@@ -149,8 +179,11 @@ class THFModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None) -> torch.Tensor:
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
-                               position_ids=position_ids, use_cache=False).last_hidden_state
+        if self.config.sliding:
+            hidden = sliding_hidden(self, input_ids, attention_mask, position_ids)
+        else:
+            hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
+                                   position_ids=position_ids, use_cache=False).last_hidden_state
         # exp in float32: a bfloat16 backbone would otherwise round the curve parameters coarsely.
         return torch.exp(self.head(self.dropout(hidden)).float())
 
@@ -190,7 +223,7 @@ class THFModel(nn.Module):
             state[name] = t.to(dtype).contiguous()
         atomic_write(out / WEIGHTS_FILE, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
 
-        doc = {"format": FORMAT, "format_version": FORMAT_VERSION,
+        doc = {"format": FORMAT, "format_version": FORMAT_VERSION if self.config.sliding else 1,
                "weights_dtype": str(dtype).removeprefix("torch."), **dataclasses.asdict(self.config),
                "s_ref": self.config.s_ref, "num_outputs": self.config.num_outputs,
                "num_parameters": self.num_parameters()}
@@ -248,9 +281,11 @@ def read_config(ckpt_dir: str | os.PathLike) -> THFConfig:
         raise THFCheckpointError(f"{path} is unreadable or not JSON: {exc}") from exc
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise THFCheckpointError(f"{path} is not a {FORMAT} config")
-    if doc.get("format_version") != FORMAT_VERSION:
+    if doc.get("format_version") not in FORMAT_VERSIONS:
         raise THFCheckpointError(f"{path} has format version {doc.get('format_version')}; "
-                                 f"this real_vllm reads version {FORMAT_VERSION}")
+                                 f"this real_vllm reads versions {FORMAT_VERSIONS}")
+    if doc["format_version"] == 1 and doc.get("attention", "block") != "block":
+        raise THFCheckpointError(f"{path}: format version 1 holds block-window THFs only")
     fields = {f.name for f in dataclasses.fields(THFConfig)}
     try:
         return THFConfig(**{k: v for k, v in doc.items() if k in fields})
@@ -309,6 +344,9 @@ def predict_last_of_windows(model: THFModel, windows: torch.Tensor, lengths: tor
     """
     if model.training:
         raise RuntimeError("predict_last_of_windows needs model.eval(): dropout would randomise the forecast")
+    if model.config.sliding:  # the re-tokenising path recomputes a sliding THF on its receptive field
+        columns = torch.arange(windows.shape[1], device=windows.device)
+        return predict_last(model, windows, columns[None, :] >= (windows.shape[1] - lengths)[:, None])
     backbone = model.backbone
     batch, width = windows.shape
     start = (width - lengths)[:, None]  # each row's first real token
@@ -348,3 +386,56 @@ def _rotate(t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     half = t.shape[-1] // 2
     rotated = torch.cat((-t[..., half:], t[..., :half]), dim=-1)
     return t * cos[:, None] + rotated * sin[:, None]
+
+
+def rope(model: THFModel, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin [..., T, head_dim] of the backbone's rotary embedding at ``positions``.
+
+    The angles are formed in float64: a sliding THF is served at a request's absolute positions
+    (its cached keys keep their rotation), and in float32 position * frequency would lose the
+    relative angle at long positions (a float32 ulp at 1e5 is 0.008 rad); in float64 a
+    rotation is exact to float32 rounding however long the request, so attention stays a
+    function of relative offsets only, as in training.
+    """
+    rotary = model.backbone.rotary_emb
+    angles = positions.to(torch.float64)[..., None] * rotary.inv_freq.to(device=positions.device, dtype=torch.float64)
+    angles = torch.cat((angles, angles), dim=-1)
+    scale = rotary.attention_scaling
+    return (angles.cos() * scale).to(dtype), (angles.sin() * scale).to(dtype)
+
+
+def sliding_hidden(model: THFModel, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                   position_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """The sliding-window backbone's last hidden states [B, T, hidden] (the reference forward).
+
+    Every layer is Llama's (the backbone's own norms, projections, MLP and rotary frequencies),
+    with attention banded: a query at position p sees the real keys at positions p - window + 1
+    .. p (itself and the window - 1 before it). attention_mask [B, T] (1 = real token; left or
+    right padding) and position_ids [B, T] as in LlamaModel; positions default to the count of
+    real tokens from 0. Training (whole blocks) and the serving twin (thf/incremental.py) compute
+    this same function.
+    """
+    backbone, width = model.backbone, model.config.window
+    batch, length = input_ids.shape
+    real = (torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None
+            else attention_mask.to(torch.bool))
+    positions = (real.long().cumsum(-1) - 1).clamp_min(0) if position_ids is None else position_ids.long()
+    x = backbone.embed_tokens(input_ids)
+    cos, sin = rope(model, positions, x.dtype)
+    columns = torch.arange(length, device=input_ids.device)
+    behind = positions[:, :, None] - positions[:, None, :]  # query's position minus key's
+    visible = ((columns[:, None] >= columns[None, :]) & (behind >= 0) & (behind < width) & real[:, None, :])
+    # A padding query sees itself only: its output is never read, but an empty softmax row would
+    # be NaN and reach real rows through the next layer's values.
+    visible = visible | torch.eye(length, dtype=torch.bool, device=input_ids.device)
+    for layer in backbone.layers:
+        attn = layer.self_attn
+        hidden = layer.input_layernorm(x)
+        heads = lambda proj: proj(hidden).view(batch, length, -1, attn.head_dim).transpose(1, 2)  # noqa: E731
+        queries, keys, values = heads(attn.q_proj), heads(attn.k_proj), heads(attn.v_proj)
+        out = torch.nn.functional.scaled_dot_product_attention(
+            _rotate(queries, cos, sin), _rotate(keys, cos, sin), values, attn_mask=visible[:, None],
+            scale=attn.scaling, enable_gqa=queries.shape[1] != keys.shape[1])
+        x = x + attn.o_proj(out.transpose(1, 2).reshape(batch, length, -1))
+        x = x + layer.mlp(layer.post_attention_layernorm(x))
+    return backbone.norm(x)

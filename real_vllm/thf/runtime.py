@@ -3,6 +3,12 @@
 REAL (arXiv 2406.07735, docs/algorithms.md §2.2): for every REAL row, the THF reads the last
 ``window`` tokens (prompt + output so far) and predicts the entropy curve at the last
 position; the residual entropy d = E(s_ref) - c sets the row's nucleus threshold.
+
+A block-window THF is recomputed on each row's last ``window`` tokens every step. A
+sliding-window one (THFConfig.attention == "sliding") is served incrementally: the processor
+keeps its per-request key/value cache (thf/incremental.py, ``new_cache``) and computes only the
+new tokens; the cross-tokenizer path still recomputes it, on its receptive field
+(``context`` tokens), which gives the same function.
 """
 
 from __future__ import annotations
@@ -55,6 +61,9 @@ class THFRuntime:
         self.model = model
         self.config = model.config
         self.window = self.config.window
+        # Tokens a recomputed forward reads: the window, or a sliding THF's receptive field.
+        self.context = self.config.context
+        self.incremental = self.config.sliding and retokenizer is None
         self.device = device
         self.retokenizer = retokenizer
 
@@ -73,7 +82,8 @@ class THFRuntime:
             raise ValueError(f"real_vllm: cannot load the THF checkpoint for REAL: {e}") from None
         config = model.config
         context = config.backbone.get("max_position_embeddings", config.window)
-        if config.window > context:
+        # A sliding THF's attention is relative within its window: it runs at any position.
+        if not config.sliding and config.window > context:
             raise ValueError(
                 f"real_vllm: the THF window ({config.window} tokens) is longer than its "
                 f"context ({context}); retrain with a shorter window"
@@ -93,17 +103,26 @@ class THFRuntime:
                         "an encode per REAL row and step), or train a THF on a family with the served "
                         "model's tokenizer (`real-vllm thf collect/train`, see the README)"
                     )
-                retokenizer = Retokenizer(served, thf_tokenizer, config.window)
+                retokenizer = Retokenizer(served, thf_tokenizer, config.context)
         return cls(model, torch.device(device), retokenizer)
 
     def curve_params(self, windows: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """THF outputs [R, K] at the last token of each right-aligned window.
 
-        windows: [R, window] token ids, left-padded; lengths: [R] real tokens per row (>= 1).
+        windows: [R, context] token ids, left-padded; lengths: [R] real tokens per row (>= 1).
         """
         return predict_last_of_windows(self.model, windows, lengths)
 
     def residual_entropy(self, windows: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """d = E(s_ref) - c at the last token of each window (see curve_params)."""
-        params = self.curve_params(windows, lengths)
+        return self.residual_entropy_of(self.curve_params(windows, lengths))
+
+    def residual_entropy_of(self, params: torch.Tensor) -> torch.Tensor:
+        """d = E(s_ref) - c of THF outputs [..., K]."""
         return curves.residual_entropy(params, self.config.s_ref, self.config.curve)
+
+    def new_cache(self, num_slots: int):
+        """A sliding THF's per-request key/value cache for ``num_slots`` slots."""
+        from real_vllm.thf.incremental import SlidingKVCache
+
+        return SlidingKVCache(self.model, num_slots, self.device)

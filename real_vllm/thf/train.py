@@ -81,6 +81,7 @@ def train(
     backbone: dict | None = None,
     embedding_rank: int | None = DEFAULT_EMBEDDING_RANK,
     window: int = DEFAULT_WINDOW,
+    attention: str = "block",
     seed: int = 0,
     device: str | torch.device | None = None,
     save_dtype: torch.dtype = torch.float16,
@@ -91,6 +92,10 @@ def train(
     backbone: LlamaConfig overrides on DEFAULT_BACKBONE (vocab_size comes from the data's
     tokenizer, max_position_embeddings defaults to the block size). embedding_rank: None for a
     plain embedding. warmup_steps is capped at a tenth of all steps, so tiny runs still decay.
+    attention: "block" (causal over the whole block; served on the last `window` tokens,
+    recomputed every step) or "sliding" (every layer causal over the last `window` positions,
+    a banded mask over the blocks; served incrementally with a per-request key/value cache,
+    real_vllm/thf/incremental.py).
     """
     from tqdm.auto import tqdm
 
@@ -118,6 +123,8 @@ def train(
         "optimizer": "AdamW(betas=(0.9, 0.999)), linear warm-up then linear decay to 0",
         "loss": "sqrt(MSE) over the curve at every family size and pred_last (target: largest member)",
     }
+    if attention != "block":  # recorded only when not the default, so block runs resume as before
+        recipe["attention"], recipe["window"] = attention, window
 
     if (out / CONFIG_FILE).is_file():
         done = read_config(out).training
@@ -128,7 +135,7 @@ def train(
     torch.manual_seed(seed)
     config = THFConfig(
         sizes=meta["sizes"], members=[m["name"] for m in meta["members"]], curve=curve, window=window,
-        backbone=arch, embedding_rank=embedding_rank, tokenizer=meta["tokenizer"])
+        backbone=arch, embedding_rank=embedding_rank, tokenizer=meta["tokenizer"], attention=attention)
     model = THFModel(config).to(device)
     decay, no_decay = [], []
     for p in model.parameters():
