@@ -163,6 +163,15 @@ def available_backends(device: torch.device | str = "cpu") -> list[str]:
 
 
 def _resolve(backend: str, device: torch.device) -> SimpleNamespace:
+    # Resolved once per (backend, device type, Triton interpreter on/off: the one setting
+    # _unavailable_reason reads from the environment): at batch 1 the checks cost as much as
+    # the kernel itself.
+    return _resolve_for(backend, device.type, _triton_interpreted())
+
+
+@functools.cache
+def _resolve_for(backend: str, device_type: str, interpreted: bool) -> SimpleNamespace:
+    device = torch.device(device_type)
     if backend == "auto":
         preferred = ("triton", "reference") if device.type != "cpu" else ("cpu", "reference")
         backend = next(b for b in preferred if _unavailable_reason(b, device) is None)
