@@ -1,6 +1,6 @@
 """EDT's op against vLLM's temperature step in thread CPU time, on one thread.
 
-    python -m benchmarks.bench_edt_cpu            # batch {1,2,4,8,64,128,256} x vocab {49152,151936}
+    python -m benchmarks.bench_edt_cpu            # batch {1,2,4,8,64,128,256} x vocab {49152,151936}, 3 runs
 
 The op table (benchmarks.bench_ops) times wall clock on every thread. On a shared, loaded
 machine that measures the scheduler: a parallel region waits whole time slices for a thread
@@ -81,16 +81,17 @@ def run(batches, vocabs, reps) -> list[dict]:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reps", type=int, default=41)
+    parser.add_argument("--runs", type=int, default=3, help="whole sweeps, one after another (the load moves)")
     parser.add_argument("--out", default=None, help="CSV path (default benchmarks/results/edt_cputime_<machine>.csv)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    rows = run(BATCHES, VOCABS, args.reps)
+    rows = [{"run": i + 1, **row} for i in range(args.runs) for row in run(BATCHES, VOCABS, args.reps)]
     path = args.out or RESULTS / f"edt_cputime_{machine_name()}.csv"
     write_csv(path, rows)
-    print(f"{'batch':>5} {'vocab':>7} {'ours ms':>9} {'vLLM ms':>9} {'ratio':>6}  run-by-run median (IQR)")
+    print(f"{'run':>3} {'batch':>5} {'vocab':>7} {'ours ms':>9} {'vLLM ms':>9} {'ratio':>6}  run-by-run median (IQR)  load")
     for r in rows:
-        print(f"{r['batch']:>5} {r['vocab']:>7} {r['ours_cpu_ms']:>9.4f} {r['vllm_temperature_cpu_ms']:>9.4f}"
-              f" {r['ratio']:>6.3f}  {r['ratio_run_median']:.2f} ({r['ratio_q1']:.2f}-{r['ratio_q3']:.2f})")
+        print(f"{r['run']:>3} {r['batch']:>5} {r['vocab']:>7} {r['ours_cpu_ms']:>9.4f} {r['vllm_temperature_cpu_ms']:>9.4f}"
+              f" {r['ratio']:>6.3f}  {r['ratio_run_median']:.2f} ({r['ratio_q1']:.2f}-{r['ratio_q3']:.2f})  {r['load_1min']}")
     print(f"wrote {path}")
 
 
