@@ -3,7 +3,8 @@
 // edt_temperature returns T per row. apply_edt_ is the fused sampler step: a thread reads
 // each of its rows once for the softmax stats (row_stats.h) and divides the row before it by
 // its T in the same loop, while that row is still in cache (L2 holds a 152k-token row); the
-// divider then works beside the exp polynomial instead of after it. At batch below the thread
+// division (the divider, or on AVX-512 its exact reciprocal form, row_stats.h) then works
+// beside the exp polynomial instead of after it. At batch below the thread
 // count, each row's segments are spread over the threads instead, then merged.
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>

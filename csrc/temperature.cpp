@@ -8,10 +8,14 @@
 
 namespace real_vllm {
 
-// A true float32 division, never row * (1 / t): the result is then bit-identical to torch's
-// `x / t[:, None]`, vLLM's own temperature step, so EDT with theta = 0 samples exactly the
-// tokens plain temperature t0 would.
+// A true float32 division, never a plain row * (1 / t): the result is then bit-identical to
+// torch's `x / t[:, None]`, vLLM's own temperature step, so EDT with theta = 0 samples exactly
+// the tokens plain temperature t0 would. On AVX-512 the division is the reciprocal one with
+// its exact correction (divide_lanes, row_stats.h), the same bits in a third of the time.
 REAL_VLLM_ROW_KERNEL void temperature_row(float* row, int64_t vocab, float t) {
+#ifdef REAL_VLLM_AVX512_STATS
+  if (cpu_has_avx512()) return divide_row_avx512(row, vocab, t);
+#endif
 #pragma omp simd
   for (int64_t i = 0; i < vocab; ++i) row[i] = row[i] / t;
 }

@@ -169,6 +169,16 @@ def available_backends(device: torch.device | str = "cpu") -> list[str]:
 
 
 def _resolve(backend: str, device: torch.device) -> SimpleNamespace:
+    # Resolved once per (backend, device type, Triton interpreter on/off: the one setting
+    # _unavailable_reason reads from the environment, and only for triton on CPU): at batch 1
+    # the checks cost as much as the kernel itself.
+    interpreted = backend == "triton" and device.type == "cpu" and _triton_interpreted()
+    return _resolve_for(backend, device.type, interpreted)
+
+
+@functools.cache
+def _resolve_for(backend: str, device_type: str, interpreted: bool) -> SimpleNamespace:
+    device = torch.device(device_type)
     if backend == "auto":
         preferred = ("triton", "reference") if device.type != "cpu" else ("cpu", "reference")
         backend = next(b for b in preferred if _unavailable_reason(b, device) is None)
@@ -203,6 +213,13 @@ def _check_logits(logits: torch.Tensor, inplace: bool, read_only: bool = False) 
     return logits.to(torch.float32, copy=True).contiguous()
 
 
+@functools.lru_cache(maxsize=64)
+def _filled(value: float, batch: int, device: torch.device) -> torch.Tensor:
+    """A number as a [batch] float32 parameter, made once: kernels only read their parameters,
+    and a fresh torch.full costs as much as a batch-1 kernel."""
+    return torch.full((batch,), value, dtype=torch.float32, device=device)
+
+
 def _per_row(name: str, value, logits: torch.Tensor) -> torch.Tensor:
     """A per-row parameter as a contiguous [B] float32 tensor on the logits' device."""
     batch = logits.shape[0]
@@ -218,7 +235,7 @@ def _per_row(name: str, value, logits: torch.Tensor) -> torch.Tensor:
             return value  # what the kernels take already (the sampler's per-step case)
         t = value.to(device=logits.device, dtype=torch.float32)
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        return torch.full((batch,), float(value), dtype=torch.float32, device=logits.device)
+        return _filled(float(value), batch, logits.device)
     else:
         raise TypeError(f"{name} must be a number or a tensor, got {type(value).__name__}")
     return t.expand(batch).contiguous()

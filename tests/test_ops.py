@@ -222,6 +222,78 @@ def test_cpu_edt_is_bit_identical_alone_in_a_batch_and_on_any_thread_count(vocab
             assert_same_bits(out_r, out[r:r + 1], f"row {r} alone, output, on {count} threads")
 
 
+def far_below_rows(vocab: int, gen: torch.Generator) -> torch.Tensor:
+    """Rows whose entries mostly sit far (30-200 nats) below the max, which the C++ stats pass
+    skips 64 at a time when a whole group is 36+ nats below the running max: every group but
+    one skipped, the max arriving late (earlier groups kept against a lower running max), a
+    tail just above and just below the skip line, and -inf mixed in."""
+    rows = torch.randn(6, vocab, generator=gen) - 200.0
+    start = (vocab // 2) // 64 * 64
+    rows[0, start:start + 64] = torch.randn(64, generator=gen)  # every group but one skipped
+    rows[1, :] = torch.randn(vocab, generator=gen) * 0.5 - 40.0
+    rows[1, -1] = 0.0  # a max in the last entry: the groups before it were kept at m = -40
+    rows[2, :] = -35.9  # just inside the skip line, against the max below
+    rows[2, ::97] = -36.1  # just outside it
+    rows[2, vocab // 3] = 0.0
+    rows[3, :] = -math.inf
+    rows[3, 5] = 1.0
+    rows[3, 64:vocab:3] = -30.0  # terms that still count, among masked tokens
+    rows[4, :] = torch.linspace(-300.0, 0.0, vocab)  # every distance from the max
+    rows[5, : vocab // 2] = -math.inf
+    rows[5, -7] = 2.0
+    return rows
+
+
+@pytest.mark.parametrize("vocab", [70, 4097, 49152, 151936])
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_rows_far_below_the_max(backend, vocab, gen):
+    x = far_below_rows(vocab, gen)
+    torch.testing.assert_close(ops.entropy(x, backend=backend).double(), oracle.entropy64(x),
+                               atol=ENTROPY_ATOL, rtol=ENTROPY_RTOL)
+    t0 = torch.full((x.shape[0],), 0.9)
+    n = torch.full((x.shape[0],), 0.8)
+    theta = torch.full((x.shape[0],), 1.0)
+    out, t = ops.apply_edt(x, t0, n, theta, backend=backend)
+    torch.testing.assert_close(t.double(), oracle.edt_temperature64(x, t0, n, theta), rtol=TEMP_RTOL, atol=1e-9)
+    assert_same_bits(out, x / t.unsqueeze(1), "output vs x / T")
+
+
+@pytest.mark.skipif("cpu" not in FAST_BACKENDS, reason="the C++ extension real_vllm._C is not built")
+def test_cpu_division_is_torchs_on_every_significand(gen):
+    """The C++ division (on AVX-512 a reciprocal with an exact correction, not vdivps) equals
+    torch's x / t bit for bit: every float32 significand of x, both signs, two binades, for
+    t near and far from powers of two, including tiny EDT temperatures; and on 0, -0,
+    +-inf, NaN, subnormal, tiny and huge x, where it falls back to the divider."""
+    significands = torch.arange(1 << 23, dtype=torch.int32)
+    x = torch.cat([(significands | (e << 23)).view(torch.float32) for e in (127, 200)])
+    x = torch.cat([x, -x]).reshape(1, -1)
+    ts = [1.0, 0.9, 0.7, 3.0, 2.0 ** -40, float.fromhex("0x1.fffffep-1"), float.fromhex("0x1.000002p+0"),
+          0.9e-5, *torch.empty(8).uniform_(0.05, 3.0, generator=gen).tolist()]
+    special = torch.tensor([[0.0, -0.0, math.inf, -math.inf, math.nan, 1e-40, 1e-30, 3e38, -3e38, 1e30, 5.0] * 7])
+    for t in ts:
+        tt = torch.tensor([t])
+        for values in (x, special):
+            want = values / tt
+            got = ops.apply_temperature(values, tt, backend="cpu")
+            assert torch.equal(got.view(torch.int32), want.view(torch.int32)), f"t = {t!r}"
+    # apply_edt's fused loop divides row r by its T while it reads row r + 1's stats (one
+    # thread: rows fewer than the threads would be split across them instead).
+    rows = x.expand(3, -1).contiguous()
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        out, t = ops.apply_edt(rows, torch.tensor([0.9, 0.5, 2.0]), 0.8, 1.0, backend="cpu")
+    finally:
+        torch.set_num_threads(threads)
+    want = rows / t.unsqueeze(1)
+    assert torch.equal(out.view(torch.int32), want.view(torch.int32)), f"apply_edt, T = {t.tolist()}"
+    # the divider's fallback for a temperature out of the reciprocal's range
+    for t in (1e-30, 1e30):
+        want = special / t
+        got = ops.apply_temperature(special, torch.tensor([t]), backend="cpu")
+        assert torch.equal(got.view(torch.int32), want.view(torch.int32)), f"t = {t!r}"
+
+
 def test_bad_arguments_raise_clear_errors():
     x = torch.randn(2, 10)
     with pytest.raises(ValueError, match="backend"):
