@@ -496,6 +496,48 @@ def test_cli_collect_train_eval_pipeline(family, corpus_file, tmp_path, capsys):
     assert result["pred_last"]["rmse"] == pytest.approx(want_last, abs=2e-5)
 
 
+def test_collect_takes_hugging_face_model_names(family, corpus_file, tmp_path, monkeypatch, capsys):
+    """`--family ORG/NAME ...`: each name is fetched into the hub cache and read from its snapshot
+    folder. No hub here, so the cache is made by hand (the layout huggingface_hub reads: refs/main
+    names the commit, snapshots/<commit>/ holds the files) and the hub is offline; the names give
+    the members and entropies the folders give."""
+    import shutil
+
+    from huggingface_hub import constants
+
+    from real_vllm.thf.cli import main
+    from real_vllm.thf.collect import model_folder
+
+    hub = tmp_path / "hub"
+    snapshots = {}
+    for name, folder in (("org/tiny-4l", family[0]), ("org/tiny-2l", family[1])):
+        repo = hub / f"models--{name.replace('/', '--')}"
+        (repo / "refs").mkdir(parents=True)
+        (repo / "refs" / "main").write_text("0123abcd" * 5)
+        snapshots[name] = repo / "snapshots" / ("0123abcd" * 5)
+        shutil.copytree(folder, snapshots[name])
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert model_folder("org/tiny-2l") == snapshots["org/tiny-2l"]
+    assert model_folder(family[1]) == family[1]  # a folder stays itself
+    with pytest.raises(FileNotFoundError, match="org/absent.*could not be fetched"):
+        model_folder("org/absent")
+    with pytest.raises(FileNotFoundError, match="not a Hugging Face model name"):
+        model_folder(str(tmp_path / "no" / "such" / "folder"))
+
+    args = ["--corpus", str(corpus_file), "--block", "64", "--max-tokens", "2000", "--valid-fraction", "0.2"]
+    main(["collect", "--family", "org/tiny-4l", "org/tiny-2l", "--out", str(tmp_path / "by-name"), *args])
+    members = read_meta(tmp_path / "by-name")["members"]
+    assert [(m["name"], m["path"]) for m in members] == [
+        ("tiny-2l", str(snapshots["org/tiny-2l"].resolve())), ("tiny-4l", str(snapshots["org/tiny-4l"].resolve()))]
+    main(["collect", "--family", str(family[0]), str(family[1]), "--out", str(tmp_path / "by-folder"), *args])
+    capsys.readouterr()
+    for split in ("train", "valid"):
+        assert torch.equal(load_split(tmp_path / "by-name", split)[1], load_split(tmp_path / "by-folder", split)[1])
+    with pytest.raises(SystemExit, match="org/absent"):
+        main(["collect", "--family", "org/tiny-4l", "org/absent", "--out", str(tmp_path / "x"), *args])
+
+
 def test_read_corpus_formats(tmp_path):
     (tmp_path / "a.txt").write_text("First paragraph.\nStill first.\n\n  \nSecond one.\n")
     (tmp_path / "b.json").write_text(json.dumps(["x doc", {"text": "y doc"}]))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import abc
 import math
 import os
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -106,6 +107,35 @@ class FamilyMember(abc.ABC):
         """The member ready to run; dropping the returned function frees it."""
 
 
+# The files a causal LM needs from the hub: config, tokenizer, weights (safetensors; the older
+# PyTorch pickles only when a repository has no safetensors).
+HUB_FILES = ["*.json", "*.txt", "*.model", "*.tiktoken", "tokenizer*", "*.safetensors"]
+HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+
+
+def model_folder(name_or_folder: str | os.PathLike) -> Path:
+    """The local folder of a family member: an existing folder as is, else a Hugging Face model
+    name ("EleutherAI/pythia-70m-deduped") fetched once into the hub cache (where transformers'
+    from_pretrained keeps it; $HF_HUB_CACHE, $HF_HUB_OFFLINE apply) and that snapshot's folder.
+    Refuses anything else, naming it."""
+    folder = Path(name_or_folder)
+    if folder.is_dir():
+        return folder
+    name = str(name_or_folder)
+    if not HUB_NAME.fullmatch(name):
+        raise FileNotFoundError(f"family member {name}: no such folder, and not a Hugging Face model name (ORG/NAME)")
+    from huggingface_hub import snapshot_download
+
+    try:
+        snapshot = Path(snapshot_download(name, allow_patterns=HUB_FILES))
+        if not any(snapshot.glob("*.safetensors")):
+            snapshot = Path(snapshot_download(name, allow_patterns=[*HUB_FILES, "*.bin"]))
+    except Exception as exc:  # huggingface_hub's errors: not found, offline, no access
+        raise FileNotFoundError(f"family member {name}: no such folder, and the Hugging Face model {name!r} "
+                                f"could not be fetched ({type(exc).__name__}: {exc})") from None
+    return snapshot
+
+
 class HFCausalLM(FamilyMember):
     """A Hugging Face causal-LM folder; s from its config's non-embedding parameter count."""
 
@@ -133,11 +163,12 @@ class HFCausalLM(FamilyMember):
         return lambda ids: token_entropies(model, ids)
 
 
-def hf_family(folders: Sequence[str | os.PathLike]) -> list[HFCausalLM]:
-    """Members from model folders, each named by its folder's name (its path where names repeat)."""
-    paths = [Path(f) for f in folders]
-    names = [p.name for p in paths]
-    return [HFCausalLM(p, p.name if names.count(p.name) == 1 else str(p)) for p in paths]
+def hf_family(models: Sequence[str | os.PathLike]) -> list[HFCausalLM]:
+    """Members from model folders or Hugging Face names (model_folder), each named by its folder's
+    or name's last part (the whole as given where those repeat)."""
+    names = [Path(m).name for m in models]
+    return [HFCausalLM(model_folder(m), names[i] if names.count(names[i]) == 1 else str(m))
+            for i, m in enumerate(models)]
 
 
 def _family_tokenizer(family: Sequence[FamilyMember]):
