@@ -457,6 +457,21 @@ def test_collect_matches_direct_entropies_and_resumes(family, corpus_file, tmp_p
         collect(family, [corpus_file], out, **{**kwargs, "block": 32})
 
 
+def test_collect_max_train_blocks_keeps_the_first_training_blocks_and_the_whole_valid_split(family, corpus_file, tmp_path):
+    kwargs = dict(block=64, batch_size=2, max_tokens=3000, valid_fraction=0.2, progress=False)
+    collect(family, [corpus_file], tmp_path / "all", **kwargs)
+    collect(family, [corpus_file], tmp_path / "first3", max_train_blocks=3, **kwargs)
+    whole, capped = read_meta(tmp_path / "all"), read_meta(tmp_path / "first3")
+    assert whole["splits"]["train"]["blocks"] > 3 and capped["splits"]["train"]["blocks"] == 3
+    assert capped["splits"]["valid"] == whole["splits"]["valid"] and capped["corpus"]["max_train_blocks"] == 3
+    assert "max_train_blocks" not in whole["corpus"]
+    for split, n in (("train", 3), ("valid", None)):
+        (t_all, e_all), (t_cap, e_cap) = load_split(tmp_path / "all", split), load_split(tmp_path / "first3", split)
+        assert torch.equal(t_cap, t_all[:n]) and torch.equal(e_cap, e_all[:, :n])
+    with pytest.raises(ValueError, match="max_train_blocks"):
+        collect(family, [corpus_file], tmp_path / "none", max_train_blocks=0, **kwargs)
+
+
 def test_collect_refuses_different_tokenizers(family, corpus_file, tmp_path):
     from tests.tiny_model import build_tiny_llama
 
@@ -637,6 +652,44 @@ def test_the_serving_path_imports_nothing_of_the_training_side():
                                            check=True).stdout))
     assert set(SERVING) <= loaded
     assert not {f"real_vllm.thf.{name}" for name in TRAINING} & loaded, sorted(m for m in loaded if "thf" in m)
+
+
+def test_real_thf_takes_a_shipped_checkpoints_name_or_a_folder(tmp_path, monkeypatch):
+    """--real-thf / $REAL_VLLM_THF: an existing folder as given (before any name), else the name of
+    a folder under real_vllm/thf/checkpoints/ that holds a THF; anything else is refused with
+    the shipped names listed."""
+    from real_vllm.thf import runtime
+
+    monkeypatch.delenv(runtime.ENV_CHECKPOINT, raising=False)
+    shipped = runtime.shipped_checkpoints()
+    assert {"smollm2", "smollm2-depth"} <= set(shipped), sorted(shipped)
+    for name in ("smollm2", "smollm2-depth"):
+        path, chosen = runtime.resolve_checkpoint(name)
+        assert (path, chosen) == (runtime.CHECKPOINTS_DIR / name, True)
+        assert THFModel.load(path).config.s_ref > 0  # a real checkpoint, not just a folder
+    assert runtime.resolve_checkpoint(None) == (runtime.SHIPPED_CHECKPOINT, False)
+    monkeypatch.setenv(runtime.ENV_CHECKPOINT, "smollm2-depth")
+    assert runtime.resolve_checkpoint(None) == (runtime.CHECKPOINTS_DIR / "smollm2-depth", True)
+    monkeypatch.delenv(runtime.ENV_CHECKPOINT)
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    assert runtime.resolve_checkpoint(str(mine)) == (mine, True)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "smollm2-depth").mkdir()  # a folder in the cwd wins over the shipped name
+    assert runtime.resolve_checkpoint("smollm2-depth") == (runtime.Path("smollm2-depth"), True)
+    with pytest.raises(ValueError, match=r"no-such-thf does not exist.*shipped: .*smollm2, smollm2-depth"):
+        runtime.resolve_checkpoint("no-such-thf")
+
+    # Only folders holding a THF config are shipped checkpoints.
+    fake = tmp_path / "checkpoints"
+    (fake / "b").mkdir(parents=True)
+    (fake / "b" / "thf_config.json").write_text("{}")
+    (fake / "a-not-a-thf").mkdir()
+    monkeypatch.setattr(runtime, "CHECKPOINTS_DIR", fake)
+    assert runtime.shipped_checkpoints() == {"b": fake / "b"}
+    with pytest.raises(ValueError, match=r"\(shipped: b\)"):
+        runtime.resolve_checkpoint("a-not-a-thf")
 
 
 def test_no_thf_module_touches_the_umask():

@@ -44,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
                    help="model dtype (default float32 on CPU, bfloat16 on GPU)")
     c.add_argument("--max-tokens", type=int, default=None, help="cap on corpus tokens (whole documents)")
+    c.add_argument("--max-train-blocks", type=int, default=None,
+                   help="keep the first N training blocks (the valid split stays whole)")
     c.add_argument("--valid-fraction", type=float, default=0.05, help="held-out share of documents (default 0.05)")
 
     lens = sub.add_parser("lens", help="train a model's tuned lens (its depth family for collect)")
@@ -143,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
         family = _family(args.family)
         out = collect(family, _corpus(args.corpus, "collect"), args.out, block=args.block, batch_size=args.batch_size,
                       device=args.device, dtype=args.dtype, max_tokens=args.max_tokens,
-                      valid_fraction=args.valid_fraction)
+                      max_train_blocks=args.max_train_blocks, valid_fraction=args.valid_fraction)
         from real_vllm.thf.dataset import read_meta
 
         meta = read_meta(out)

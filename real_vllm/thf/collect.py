@@ -195,6 +195,7 @@ def collect(
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
     max_tokens: int | None = None,
+    max_train_blocks: int | None = None,
     valid_fraction: float = DEFAULT_VALID_FRACTION,
     shard_blocks: int = DEFAULT_SHARD_BLOCKS,
     progress: bool = True,
@@ -203,7 +204,9 @@ def collect(
 
     family: FamilyMember objects, or Hugging Face causal-LM folders (hf_family), sharing one
     tokenizer (at least two distinct sizes). corpus: a Corpus (e.g. corpus.wiki_corpus()) or
-    files for read_corpus(). max_tokens caps the corpus (whole documents, before the split).
+    files for read_corpus(). max_tokens caps the corpus (whole documents, before the split);
+    max_train_blocks keeps the first that many training blocks (the valid split stays whole, so a
+    smaller collection is judged on the same held-out blocks as a larger one of the same corpus).
     device: default CUDA when present, else CPU; dtype: default float32 on CPU, bfloat16 on GPU
     (the entropy math is float32 either way).
     Returns `out_dir`; rerunning the same call resumes or returns at once when complete.
@@ -218,6 +221,8 @@ def collect(
         raise ValueError(f"valid_fraction must be in (0, 1), got {valid_fraction}")
     if block < 2 or batch_size < 1 or shard_blocks < 1:
         raise ValueError("block must be >= 2, batch_size and shard_blocks >= 1")
+    if max_train_blocks is not None and max_train_blocks < 1:
+        raise ValueError(f"max_train_blocks must be >= 1, got {max_train_blocks}")
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
     out = Path(out_dir)
@@ -231,13 +236,17 @@ def collect(
     if not isinstance(corpus, Corpus):
         corpus = read_corpus(corpus)
     blocks = tokenize_splits(tokenizer, corpus, block, max_tokens, valid_fraction)
+    corpus_record = {"name": corpus.name, "documents": len(corpus.documents), "max_tokens": max_tokens}
+    if max_train_blocks is not None:  # only when given: folders made before the option resume
+        blocks["train"] = blocks["train"][:max_train_blocks]
+        corpus_record["max_train_blocks"] = max_train_blocks
     plan = {
         "format": DATA_FORMAT, "format_version": DATA_FORMAT_VERSION,
         "members": members, "sizes": [m["s"] for m in members], "block": block,
         "shard_blocks": shard_blocks, "valid_fraction": valid_fraction,
         "splits": {s: {"blocks": len(blocks[s]), "tokens": blocks[s].numel(),
                        "shards": math.ceil(len(blocks[s]) / shard_blocks)} for s in SPLITS},
-        "corpus": {"name": corpus.name, "documents": len(corpus.documents), "max_tokens": max_tokens},
+        "corpus": corpus_record,
         "token_stream_sha256": stream_hash(blocks),
         "tokenizer_fingerprint": fingerprint,
         "entropy": "nats, H(p(. | tokens <= t)) at every position t of every block",
