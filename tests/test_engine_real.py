@@ -52,12 +52,12 @@ def test_seeded_real_request_gives_the_same_tokens_alone_and_in_a_batch(llm):
     assert batched[0] == alone[0]
 
 
-def test_cross_tokenizer_real_serves_the_tiny_model_with_the_shipped_thf(tiny_model_dir):
-    """REAL through vLLM with a THF of another tokenizer (SmolLM2's) and real_retokenize: it
-    serves, its nucleus changes tokens, and a seeded request is the same alone and batched."""
-    from real_vllm.thf.runtime import SHIPPED_CHECKPOINT
-
-    llm = make_llm(tiny_model_dir, additional_config={"real_thf": str(SHIPPED_CHECKPOINT), "real_retokenize": True})
+@pytest.mark.parametrize("shipped", ["smollm2", "smollm2-depth"])
+def test_cross_tokenizer_real_serves_the_tiny_model_with_a_shipped_thf(tiny_model_dir, shipped):
+    """REAL through vLLM with a shipped THF, named as `--real-thf NAME` does, of another tokenizer
+    (SmolLM2's) and real_retokenize: it serves, its nucleus changes tokens, and a seeded request
+    is the same alone and batched."""
+    llm = make_llm(tiny_model_dir, additional_config={"real_thf": shipped, "real_retokenize": True})
     try:
         target = sp(77, sampler="real", real_p0=0.9, real_decay_temperature=0.3)
         alone = ids(llm, [target] * 4)

@@ -160,6 +160,8 @@ def test_front_end_refuses_bad_server_settings_before_any_engine(tiny_model_dir,
     monkeypatch.setitem(frontend.SERVED, "defaults", {})
     with pytest.raises(startup.StartupError, match="cannot load the THF checkpoint"):
         build(tiny_model_dir, additional_config={"sampler": "real", "real_thf": str(tmp_path / "missing")})
+    with pytest.raises(startup.StartupError, match=r"not the name of a shipped checkpoint \(shipped: .*smollm2-depth"):
+        build(tiny_model_dir, additional_config={"real_thf": "no-such-thf"})
     with pytest.raises(startup.StartupError, match="did you mean 'sampler'"):
         build(tiny_model_dir, additional_config={"samplr": "edt"})
     with pytest.raises(startup.StartupError, match="edt_t0"):

@@ -239,8 +239,8 @@ def test_cross_tokenizer_v2_reads_the_runner_token_history(tiny_model_dir, shipp
 
 
 def test_serve_flags_fold_into_additional_config(tmp_path, monkeypatch):
-    """`--sampler real --real-thf REL --real-retokenize` reach additional_config (the THF path
-    made absolute); a flag that contradicts --additional-config is refused."""
+    """`--sampler real --real-thf REL --real-retokenize` reach additional_config (a THF folder
+    made absolute, a shipped checkpoint's name kept); a flag that contradicts --additional-config is refused."""
     from vllm.engine.arg_utils import EngineArgs
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
@@ -248,10 +248,14 @@ def test_serve_flags_fold_into_additional_config(tmp_path, monkeypatch):
 
     register()
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "thf").mkdir()
     parser = EngineArgs.add_cli_args(FlexibleArgumentParser())
     args = parser.parse_args(["--model", "m", "--sampler", "real", "--real-thf", "thf", "--real-retokenize"])
     config = EngineArgs.from_cli_args(args).additional_config
     assert config == {"sampler": "real", "real_thf": str(tmp_path / "thf"), "real_retokenize": True}
+    # A shipped checkpoint's name is no folder here: it reaches the engine as the name.
+    named = EngineArgs.from_cli_args(parser.parse_args(["--model", "m", "--real-thf", "smollm2-depth"]))
+    assert named.additional_config == {"real_thf": "smollm2-depth"}
     assert "real_retokenize" not in EngineArgs.from_cli_args(parser.parse_args(["--model", "m"])).additional_config
     clash = parser.parse_args(["--model", "m", "--sampler", "edt", "--additional-config", '{"sampler": "real"}'])
     with pytest.raises(ValueError, match="--sampler edt conflicts"):

@@ -457,6 +457,21 @@ def test_collect_matches_direct_entropies_and_resumes(family, corpus_file, tmp_p
         collect(family, [corpus_file], out, **{**kwargs, "block": 32})
 
 
+def test_collect_max_train_blocks_keeps_the_first_training_blocks_and_the_whole_valid_split(family, corpus_file, tmp_path):
+    kwargs = dict(block=64, batch_size=2, max_tokens=3000, valid_fraction=0.2, progress=False)
+    collect(family, [corpus_file], tmp_path / "all", **kwargs)
+    collect(family, [corpus_file], tmp_path / "first3", max_train_blocks=3, **kwargs)
+    whole, capped = read_meta(tmp_path / "all"), read_meta(tmp_path / "first3")
+    assert whole["splits"]["train"]["blocks"] > 3 and capped["splits"]["train"]["blocks"] == 3
+    assert capped["splits"]["valid"] == whole["splits"]["valid"] and capped["corpus"]["max_train_blocks"] == 3
+    assert "max_train_blocks" not in whole["corpus"]
+    for split, n in (("train", 3), ("valid", None)):
+        (t_all, e_all), (t_cap, e_cap) = load_split(tmp_path / "all", split), load_split(tmp_path / "first3", split)
+        assert torch.equal(t_cap, t_all[:n]) and torch.equal(e_cap, e_all[:, :n])
+    with pytest.raises(ValueError, match="max_train_blocks"):
+        collect(family, [corpus_file], tmp_path / "none", max_train_blocks=0, **kwargs)
+
+
 def test_collect_refuses_different_tokenizers(family, corpus_file, tmp_path):
     from tests.tiny_model import build_tiny_llama
 
@@ -494,6 +509,48 @@ def test_cli_collect_train_eval_pipeline(family, corpus_file, tmp_path, capsys):
         assert m["rmse"] == pytest.approx(want, abs=2e-5), (m, want)
     want_last = (outputs[..., -1] - entropies[-1].double()).pow(2).mean().sqrt().item()
     assert result["pred_last"]["rmse"] == pytest.approx(want_last, abs=2e-5)
+
+
+def test_collect_takes_hugging_face_model_names(family, corpus_file, tmp_path, monkeypatch, capsys):
+    """`--family ORG/NAME ...`: each name is fetched into the hub cache and read from its snapshot
+    folder. No hub here, so the cache is made by hand (the layout huggingface_hub reads: refs/main
+    names the commit, snapshots/<commit>/ holds the files) and the hub is offline; the names give
+    the members and entropies the folders give."""
+    import shutil
+
+    from huggingface_hub import constants
+
+    from real_vllm.thf.cli import main
+    from real_vllm.thf.collect import model_folder
+
+    hub = tmp_path / "hub"
+    snapshots = {}
+    for name, folder in (("org/tiny-4l", family[0]), ("org/tiny-2l", family[1])):
+        repo = hub / f"models--{name.replace('/', '--')}"
+        (repo / "refs").mkdir(parents=True)
+        (repo / "refs" / "main").write_text("0123abcd" * 5)
+        snapshots[name] = repo / "snapshots" / ("0123abcd" * 5)
+        shutil.copytree(folder, snapshots[name])
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert model_folder("org/tiny-2l") == snapshots["org/tiny-2l"]
+    assert model_folder(family[1]) == family[1]  # a folder stays itself
+    with pytest.raises(FileNotFoundError, match="org/absent.*could not be fetched"):
+        model_folder("org/absent")
+    with pytest.raises(FileNotFoundError, match="not a Hugging Face model name"):
+        model_folder(str(tmp_path / "no" / "such" / "folder"))
+
+    args = ["--corpus", str(corpus_file), "--block", "64", "--max-tokens", "2000", "--valid-fraction", "0.2"]
+    main(["collect", "--family", "org/tiny-4l", "org/tiny-2l", "--out", str(tmp_path / "by-name"), *args])
+    members = read_meta(tmp_path / "by-name")["members"]
+    assert [(m["name"], m["path"]) for m in members] == [
+        ("tiny-2l", str(snapshots["org/tiny-2l"].resolve())), ("tiny-4l", str(snapshots["org/tiny-4l"].resolve()))]
+    main(["collect", "--family", str(family[0]), str(family[1]), "--out", str(tmp_path / "by-folder"), *args])
+    capsys.readouterr()
+    for split in ("train", "valid"):
+        assert torch.equal(load_split(tmp_path / "by-name", split)[1], load_split(tmp_path / "by-folder", split)[1])
+    with pytest.raises(SystemExit, match="org/absent"):
+        main(["collect", "--family", "org/tiny-4l", "org/absent", "--out", str(tmp_path / "x"), *args])
 
 
 def test_read_corpus_formats(tmp_path):
@@ -595,6 +652,44 @@ def test_the_serving_path_imports_nothing_of_the_training_side():
                                            check=True).stdout))
     assert set(SERVING) <= loaded
     assert not {f"real_vllm.thf.{name}" for name in TRAINING} & loaded, sorted(m for m in loaded if "thf" in m)
+
+
+def test_real_thf_takes_a_shipped_checkpoints_name_or_a_folder(tmp_path, monkeypatch):
+    """--real-thf / $REAL_VLLM_THF: an existing folder as given (before any name), else the name of
+    a folder under real_vllm/thf/checkpoints/ that holds a THF; anything else is refused with
+    the shipped names listed."""
+    from real_vllm.thf import runtime
+
+    monkeypatch.delenv(runtime.ENV_CHECKPOINT, raising=False)
+    shipped = runtime.shipped_checkpoints()
+    assert {"smollm2", "smollm2-depth"} <= set(shipped), sorted(shipped)
+    for name in ("smollm2", "smollm2-depth"):
+        path, chosen = runtime.resolve_checkpoint(name)
+        assert (path, chosen) == (runtime.CHECKPOINTS_DIR / name, True)
+        assert THFModel.load(path).config.s_ref > 0  # a real checkpoint, not just a folder
+    assert runtime.resolve_checkpoint(None) == (runtime.SHIPPED_CHECKPOINT, False)
+    monkeypatch.setenv(runtime.ENV_CHECKPOINT, "smollm2-depth")
+    assert runtime.resolve_checkpoint(None) == (runtime.CHECKPOINTS_DIR / "smollm2-depth", True)
+    monkeypatch.delenv(runtime.ENV_CHECKPOINT)
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    assert runtime.resolve_checkpoint(str(mine)) == (mine, True)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "smollm2-depth").mkdir()  # a folder in the cwd wins over the shipped name
+    assert runtime.resolve_checkpoint("smollm2-depth") == (runtime.Path("smollm2-depth"), True)
+    with pytest.raises(ValueError, match=r"no-such-thf does not exist.*shipped: .*smollm2, smollm2-depth"):
+        runtime.resolve_checkpoint("no-such-thf")
+
+    # Only folders holding a THF config are shipped checkpoints.
+    fake = tmp_path / "checkpoints"
+    (fake / "b").mkdir(parents=True)
+    (fake / "b" / "thf_config.json").write_text("{}")
+    (fake / "a-not-a-thf").mkdir()
+    monkeypatch.setattr(runtime, "CHECKPOINTS_DIR", fake)
+    assert runtime.shipped_checkpoints() == {"b": fake / "b"}
+    with pytest.raises(ValueError, match=r"\(shipped: b\)"):
+        runtime.resolve_checkpoint("a-not-a-thf")
 
 
 def test_no_thf_module_touches_the_umask():

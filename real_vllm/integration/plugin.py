@@ -75,9 +75,9 @@ def _add_sampler_flag(engine_args_cls) -> None:
         group.add_argument(
             "--real-thf",
             default=argparse.SUPPRESS,
-            metavar="PATH",
-            help="THF checkpoint for REAL sampling (default: the one shipped for the "
-            "embedded default model, if it applies).",
+            metavar="PATH|NAME",
+            help="THF checkpoint for REAL sampling: a folder, or a shipped one's name "
+            "(smollm2, the default for the embedded model; smollm2-depth).",
         )
         group.add_argument(
             "--real-retokenize",
@@ -128,7 +128,9 @@ def _add_sampler_flag(engine_args_cls) -> None:
             value = getattr(args, key, None)
             if value is None:
                 continue
-            if key == "real_thf":  # the engine's processes may not share the caller's cwd
+            if key == "real_thf" and os.path.exists(value):
+                # A folder, for engine processes that may not share the caller's cwd; anything
+                # else stays as given (a shipped checkpoint's name, or an error in startup.py).
                 value = os.path.abspath(value)
             if config.get(key, value) != value:
                 from real_vllm.integration.startup import StartupError

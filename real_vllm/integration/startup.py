@@ -59,7 +59,10 @@ def _check_thf(vllm_config: VllmConfig, extra: dict, real_default: bool, retoken
 
     from real_vllm.thf.runtime import THFRuntime, resolve_checkpoint
 
-    path, chosen = resolve_checkpoint(extra.get("real_thf"))
+    try:
+        path, chosen = resolve_checkpoint(extra.get("real_thf"))
+    except ValueError as e:
+        raise StartupError(str(e)) from None
     if path is None:
         if real_default:
             raise StartupError(

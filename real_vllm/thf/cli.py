@@ -6,7 +6,8 @@ REAL: arXiv 2406.07735. The pipeline, for a family of causal LMs that share one 
     real-vllm thf train DATA --out CKPT [--curve poly|exp|logistic] [--epochs 3] [--attention sliding]
     real-vllm thf eval CKPT DATA [--plot PATH]
 
-A family member may be given as `default` (the embedded SmolLM2-135M-Instruct folder). `--corpus
+A family member is a model folder, a Hugging Face model name (e.g. EleutherAI/pythia-70m-deduped,
+fetched once into the hub cache) or `default` (the embedded SmolLM2-135M-Instruct folder). `--corpus
 wiki` is the training part of the offline Wikipedia summaries (corpus.wiki_corpus). Each step
 resumes when rerun with the same arguments.
 
@@ -31,7 +32,8 @@ def _parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("collect", help="per-token entropies of a model family on a corpus")
     c.add_argument("--family", nargs="+", required=True, metavar="MODEL_DIR",
-                   help="Hugging Face causal-LM folders sharing one tokenizer (`default` = the embedded model), "
+                   help="Hugging Face causal-LM folders or model names (fetched into the hub cache) sharing one "
+                        "tokenizer (`default` = the embedded model), "
                         "or depth:MODEL[:LENS_DIR]: the model's tuned-lens layers and the model itself")
     c.add_argument("--corpus", nargs="+", required=True, metavar="FILE",
                    help="text (.txt, blank-line separated), .json or .jsonl files, or `wiki`")
@@ -42,10 +44,12 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
                    help="model dtype (default float32 on CPU, bfloat16 on GPU)")
     c.add_argument("--max-tokens", type=int, default=None, help="cap on corpus tokens (whole documents)")
+    c.add_argument("--max-train-blocks", type=int, default=None,
+                   help="keep the first N training blocks (the valid split stays whole)")
     c.add_argument("--valid-fraction", type=float, default=0.05, help="held-out share of documents (default 0.05)")
 
     lens = sub.add_parser("lens", help="train a model's tuned lens (its depth family for collect)")
-    lens.add_argument("model", help="Hugging Face causal-LM folder (`default` = the embedded model)")
+    lens.add_argument("model", help="Hugging Face causal-LM folder or model name (`default` = the embedded model)")
     lens.add_argument("--out", default=None, help="lens folder (default: a folder per model in real_vllm's cache, "
                                                   "where depth:MODEL looks)")
     lens.add_argument("--layers", default="every:5", help="every:K (default every:5), all, or l1,l2,...")
@@ -90,11 +94,17 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _model_dir(name: str) -> str:
+    """A model folder from `default` (the embedded model), a folder or a Hugging Face model name."""
     if name == "default":
         from real_vllm.assets import default_model_dir
 
         return str(default_model_dir())
-    return name
+    from real_vllm.thf.collect import model_folder
+
+    try:
+        return str(model_folder(name))
+    except FileNotFoundError as exc:
+        raise SystemExit(f"real-vllm thf: {exc}") from None
 
 
 def _corpus(files: list[str], command: str):
@@ -108,8 +118,8 @@ def _corpus(files: list[str], command: str):
 
 
 def _family(entries: list[str]) -> list:
-    """Folders (`default` = the embedded model) as HFCausalLM members, depth:MODEL[:LENS_DIR] as
-    the model's depth family."""
+    """Folders or Hugging Face names (`default` = the embedded model) as HFCausalLM members,
+    depth:MODEL[:LENS_DIR] as the model's depth family."""
     from real_vllm.thf.collect import hf_family
 
     family, folders = [], []
@@ -125,8 +135,11 @@ def _family(entries: list[str]) -> list:
             except (FileNotFoundError, ValueError) as exc:
                 raise SystemExit(f"real-vllm thf collect: --family {entry}: {exc}") from None
         else:
-            folders.append(_model_dir(entry))
-    return hf_family(folders) + family
+            folders.append(_model_dir(entry) if entry == "default" else entry)
+    try:
+        return hf_family(folders) + family  # a Hugging Face name is fetched here
+    except FileNotFoundError as exc:
+        raise SystemExit(f"real-vllm thf collect: {exc}") from None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -137,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
         family = _family(args.family)
         out = collect(family, _corpus(args.corpus, "collect"), args.out, block=args.block, batch_size=args.batch_size,
                       device=args.device, dtype=args.dtype, max_tokens=args.max_tokens,
-                      valid_fraction=args.valid_fraction)
+                      max_train_blocks=args.max_train_blocks, valid_fraction=args.valid_fraction)
         from real_vllm.thf.dataset import read_meta
 
         meta = read_meta(out)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import abc
 import math
 import os
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -106,6 +107,35 @@ class FamilyMember(abc.ABC):
         """The member ready to run; dropping the returned function frees it."""
 
 
+# The files a causal LM needs from the hub: config, tokenizer, weights (safetensors; the older
+# PyTorch pickles only when a repository has no safetensors).
+HUB_FILES = ["*.json", "*.txt", "*.model", "*.tiktoken", "tokenizer*", "*.safetensors"]
+HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+
+
+def model_folder(name_or_folder: str | os.PathLike) -> Path:
+    """The local folder of a family member: an existing folder as is, else a Hugging Face model
+    name ("EleutherAI/pythia-70m-deduped") fetched once into the hub cache (where transformers'
+    from_pretrained keeps it; $HF_HUB_CACHE, $HF_HUB_OFFLINE apply) and that snapshot's folder.
+    Refuses anything else, naming it."""
+    folder = Path(name_or_folder)
+    if folder.is_dir():
+        return folder
+    name = str(name_or_folder)
+    if not HUB_NAME.fullmatch(name):
+        raise FileNotFoundError(f"family member {name}: no such folder, and not a Hugging Face model name (ORG/NAME)")
+    from huggingface_hub import snapshot_download
+
+    try:
+        snapshot = Path(snapshot_download(name, allow_patterns=HUB_FILES))
+        if not any(snapshot.glob("*.safetensors")):
+            snapshot = Path(snapshot_download(name, allow_patterns=[*HUB_FILES, "*.bin"]))
+    except Exception as exc:  # huggingface_hub's errors: not found, offline, no access
+        raise FileNotFoundError(f"family member {name}: no such folder, and the Hugging Face model {name!r} "
+                                f"could not be fetched ({type(exc).__name__}: {exc})") from None
+    return snapshot
+
+
 class HFCausalLM(FamilyMember):
     """A Hugging Face causal-LM folder; s from its config's non-embedding parameter count."""
 
@@ -133,11 +163,12 @@ class HFCausalLM(FamilyMember):
         return lambda ids: token_entropies(model, ids)
 
 
-def hf_family(folders: Sequence[str | os.PathLike]) -> list[HFCausalLM]:
-    """Members from model folders, each named by its folder's name (its path where names repeat)."""
-    paths = [Path(f) for f in folders]
-    names = [p.name for p in paths]
-    return [HFCausalLM(p, p.name if names.count(p.name) == 1 else str(p)) for p in paths]
+def hf_family(models: Sequence[str | os.PathLike]) -> list[HFCausalLM]:
+    """Members from model folders or Hugging Face names (model_folder), each named by its folder's
+    or name's last part (the whole as given where those repeat)."""
+    names = [Path(m).name for m in models]
+    return [HFCausalLM(model_folder(m), names[i] if names.count(names[i]) == 1 else str(m))
+            for i, m in enumerate(models)]
 
 
 def _family_tokenizer(family: Sequence[FamilyMember]):
@@ -164,6 +195,7 @@ def collect(
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
     max_tokens: int | None = None,
+    max_train_blocks: int | None = None,
     valid_fraction: float = DEFAULT_VALID_FRACTION,
     shard_blocks: int = DEFAULT_SHARD_BLOCKS,
     progress: bool = True,
@@ -172,7 +204,9 @@ def collect(
 
     family: FamilyMember objects, or Hugging Face causal-LM folders (hf_family), sharing one
     tokenizer (at least two distinct sizes). corpus: a Corpus (e.g. corpus.wiki_corpus()) or
-    files for read_corpus(). max_tokens caps the corpus (whole documents, before the split).
+    files for read_corpus(). max_tokens caps the corpus (whole documents, before the split);
+    max_train_blocks keeps the first that many training blocks (the valid split stays whole, so a
+    smaller collection is judged on the same held-out blocks as a larger one of the same corpus).
     device: default CUDA when present, else CPU; dtype: default float32 on CPU, bfloat16 on GPU
     (the entropy math is float32 either way).
     Returns `out_dir`; rerunning the same call resumes or returns at once when complete.
@@ -187,6 +221,8 @@ def collect(
         raise ValueError(f"valid_fraction must be in (0, 1), got {valid_fraction}")
     if block < 2 or batch_size < 1 or shard_blocks < 1:
         raise ValueError("block must be >= 2, batch_size and shard_blocks >= 1")
+    if max_train_blocks is not None and max_train_blocks < 1:
+        raise ValueError(f"max_train_blocks must be >= 1, got {max_train_blocks}")
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
     out = Path(out_dir)
@@ -200,13 +236,17 @@ def collect(
     if not isinstance(corpus, Corpus):
         corpus = read_corpus(corpus)
     blocks = tokenize_splits(tokenizer, corpus, block, max_tokens, valid_fraction)
+    corpus_record = {"name": corpus.name, "documents": len(corpus.documents), "max_tokens": max_tokens}
+    if max_train_blocks is not None:  # only when given: folders made before the option resume
+        blocks["train"] = blocks["train"][:max_train_blocks]
+        corpus_record["max_train_blocks"] = max_train_blocks
     plan = {
         "format": DATA_FORMAT, "format_version": DATA_FORMAT_VERSION,
         "members": members, "sizes": [m["s"] for m in members], "block": block,
         "shard_blocks": shard_blocks, "valid_fraction": valid_fraction,
         "splits": {s: {"blocks": len(blocks[s]), "tokens": blocks[s].numel(),
                        "shards": math.ceil(len(blocks[s]) / shard_blocks)} for s in SPLITS},
-        "corpus": {"name": corpus.name, "documents": len(corpus.documents), "max_tokens": max_tokens},
+        "corpus": corpus_record,
         "token_stream_sha256": stream_hash(blocks),
         "tokenizer_fingerprint": fingerprint,
         "entropy": "nats, H(p(. | tokens <= t)) at every position t of every block",

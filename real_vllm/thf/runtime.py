@@ -22,17 +22,43 @@ from real_vllm.thf import curves
 from real_vllm.thf.model import THFCheckpointError, THFModel, load_tokenizer, predict_last_of_windows
 from real_vllm.thf.retokenize import Retokenizer
 
-# The checkpoint shipped for the embedded default model (SmolLM2 tokenizer), when present.
-SHIPPED_CHECKPOINT = Path(__file__).parent / "checkpoints" / "smollm2"
+# The checkpoints shipped with the package, one folder each; "smollm2" (for the embedded default
+# model) is the default when present.
+CHECKPOINTS_DIR = Path(__file__).parent / "checkpoints"
+SHIPPED_CHECKPOINT = CHECKPOINTS_DIR / "smollm2"
 ENV_CHECKPOINT = "REAL_VLLM_THF"
+
+
+def shipped_checkpoints() -> dict[str, Path]:
+    """The shipped THF checkpoints by name (their folder names under real_vllm/thf/checkpoints/)."""
+    if not CHECKPOINTS_DIR.is_dir():
+        return {}
+    return {folder.name: folder for folder in sorted(CHECKPOINTS_DIR.iterdir())
+            if (folder / "thf_config.json").is_file()}
+
+
+def checkpoint_path(name_or_path: str | os.PathLike) -> Path:
+    """The folder a --real-thf value names: an existing path as is (the loader judges it), else a
+    shipped checkpoint's name (see shipped_checkpoints); anything else is a ValueError that lists
+    the shipped names."""
+    path = Path(name_or_path)
+    if path.exists():
+        return path
+    shipped = shipped_checkpoints()
+    if str(name_or_path) in shipped:
+        return shipped[str(name_or_path)]
+    raise ValueError(f"real_vllm: cannot load the THF checkpoint for REAL: {name_or_path} does not exist, and it "
+                     f"is not the name of a shipped checkpoint (shipped: {', '.join(shipped) or 'none'}); "
+                     f"--real-thf (or ${ENV_CHECKPOINT}) takes a checkpoint folder or one of those names")
 
 
 def resolve_checkpoint(explicit: str | os.PathLike | None = None) -> tuple[Path | None, bool]:
     """The THF to serve and whether the user chose it: --real-thf / additional_config, else
-    $REAL_VLLM_THF, else the shipped one (None when there is none)."""
+    $REAL_VLLM_THF, else the shipped default (None when there is none). A chosen value is a
+    folder or a shipped checkpoint's name (checkpoint_path); ValueError for anything else."""
     for candidate in (explicit, os.environ.get(ENV_CHECKPOINT)):
         if candidate:
-            return Path(candidate), True
+            return checkpoint_path(candidate), True
     return (SHIPPED_CHECKPOINT if SHIPPED_CHECKPOINT.is_dir() else None), False
 
 
