@@ -8,8 +8,9 @@ processors themselves (every ``apply`` and ``update_state``, early returns inclu
 observed in ``real_vllm:step_seconds`` under its own part (PARTS) through the engine's
 Recorder, so the numbers reach /metrics the way the processors' own parts do.
 
-The runner's methods are private API: they are wrapped only with the variable set and on the
-vLLM versions the names were verified on (plugin.VERIFIED_VLLM); off, nothing is imported or
+The runner's methods are private API: they are wrapped only with the variable set, on the
+vLLM versions the plugin was verified on (plugin.register checks VERIFIED_VLLM first), and
+only when every method is there; off, nothing is imported or
 wrapped (no cost). Only the V1 runner is timed (the CPU's runner; Model Runner V2 is not).
 The timers are time.perf_counter without a device sync: on the CPU the work is synchronous,
 on CUDA they measure launch time.
@@ -53,16 +54,9 @@ def enabled() -> bool:
 
 def install() -> bool:
     """With ``REAL_VLLM_STEP_TIMING`` set: wrap the V1 runner's step methods and real_vllm's
-    processors (once per process); returns whether the timers are in place."""
+    processors (once per process); returns whether the timers are in place. plugin.register
+    calls it only on the vLLM versions it verified (VERIFIED_VLLM)."""
     if not enabled():
-        return False
-    import vllm
-
-    from real_vllm.integration.plugin import VERIFIED_VLLM
-
-    if not vllm.__version__.startswith(VERIFIED_VLLM):
-        logger.warning("real_vllm: %s ignored: vLLM %s is not a version the runner's step methods "
-                       "were verified on (%s)", ENV, vllm.__version__, ", ".join(VERIFIED_VLLM))
         return False
     from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
