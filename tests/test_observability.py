@@ -15,7 +15,7 @@ from vllm import SamplingParams
 from vllm.v1.sample.logits_processor import BatchUpdate
 
 from real_vllm import reference
-from real_vllm.integration import observability
+from real_vllm.integration import observability, step_timing
 from real_vllm.integration.processor import RealVllmLogitsProcessor
 from real_vllm.methods.edt import MIN_SCALE
 
@@ -45,6 +45,73 @@ def test_edt_temperatures_are_counted_on_the_device_for_edt_rows_only():
     assert proc.metrics.seconds["edt_real"].counts and sum(proc.metrics.seconds["edt_real"].counts) == 3
 
 
+@pytest.fixture
+def runner_methods(monkeypatch):
+    """vLLM's V1 runner and real_vllm's processor class, their methods restored afterwards."""
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+    from real_vllm.integration.slot_processor import SlotLogitsProcessor
+
+    for cls, parts in ((GPUModelRunner, step_timing.RUNNER_PARTS), (SlotLogitsProcessor, step_timing.PROCESSOR_PARTS)):
+        for name in parts:
+            monkeypatch.setattr(cls, name, getattr(cls, name))
+    return GPUModelRunner, SlotLogitsProcessor
+
+
+def test_step_timing_is_off_unless_asked_for(runner_methods, monkeypatch):
+    runner, processor = runner_methods
+    before = {name: getattr(runner, name) for name in step_timing.RUNNER_PARTS}
+    for value in (None, "", "0"):
+        if value is None:
+            monkeypatch.delenv(step_timing.ENV, raising=False)
+        else:
+            monkeypatch.setenv(step_timing.ENV, value)
+        assert step_timing.install() is False
+        assert {name: getattr(runner, name) for name in step_timing.RUNNER_PARTS} == before
+        assert not getattr(processor.apply, "_real_vllm_step_timed", False)
+
+
+def test_step_timing_times_vllms_forward_and_sampler_and_the_processors(runner_methods, monkeypatch):
+    runner, _ = runner_methods
+    monkeypatch.setenv(step_timing.ENV, "1")
+    assert step_timing.install() and step_timing.install()  # twice: still one timer per method
+    config = SimpleNamespace(additional_config={}, scheduler_config=SimpleNamespace(max_num_seqs=8),
+                             model_config=SimpleNamespace(tokenizer=None, served_model_name="m"))
+    proc = RealVllmLogitsProcessor(config, torch.device("cpu"), False)
+    proc.update_state(BatchUpdate(2, removed=[], added=[(0, SamplingParams(), [], []),
+                                                        (1, SamplingParams(extra_args={"sampler": "edt"}), [], [])],
+                                  moved=[]))
+    logits = torch.randn(2, 301)
+
+    def model(**inputs):
+        time.sleep(0.02)
+        return inputs["input_ids"]
+
+    def sampler(logits, sampling_metadata):
+        time.sleep(0.01)
+        return proc.apply(logits)
+
+    # a stand-in for the runner, with what _model_forward and _sample read of it
+    stub = SimpleNamespace(vllm_config=config, device=torch.device("cpu"), model=model, sampler=sampler,
+                           input_batch=SimpleNamespace(sampling_metadata=None, update_async_output_token_ids=lambda: None))
+    ids = torch.arange(3)
+    assert runner._model_forward(stub, input_ids=ids, positions=ids) is ids
+    assert runner._sample(stub, logits.clone(), None).shape == logits.shape
+    seconds = observability.recorder(config, torch.device("cpu")).seconds
+    assert seconds is proc.metrics.seconds
+    counts = {part: sum(h.counts) for part, h in seconds.items()}
+    assert counts == {"processors_update": 1, "vllm_model_forward": 1, "vllm_sample": 1, "processors_apply": 1,
+                      "edt_real": 1, "edt": 1}
+    assert 0.02 <= seconds["vllm_model_forward"].sum < 1.0
+    assert seconds["edt_real"].sum <= seconds["processors_apply"].sum < seconds["vllm_sample"].sum - 0.01 + 1e-3
+    for name in step_timing.RUNNER_PARTS:  # execute_model and sample_tokens: timed in the served test below
+        assert getattr(getattr(runner, name), "_real_vllm_step_timed", False), name
+    # a plain batch: the processors return at once, and that is still timed
+    proc.update_state(BatchUpdate(2, removed=[1], added=[], moved=[]))
+    proc.apply(logits.clone())
+    assert sum(seconds["processors_apply"].counts) == 2 and sum(seconds["edt_real"].counts) == 1
+
+
 # ----------------------------------------------------------------------------- a live server
 
 
@@ -72,8 +139,9 @@ def served(tiny_model_dir, tmp_path_factory):
     # A metrics folder inherited from a process that loaded the plugin before (as pytest's own,
     # once an in-process engine ran): the server must still read a folder of its own.
     stale = tempfile.mkdtemp(prefix="stale_metrics_")
+    # With vLLM's runner step timed (step_timing): its parts are checked next to real_vllm's.
     with LocalServer(tiny_model_dir, ["--sampler", "edt", "--real-thf", str(thf), "--max-num-seqs", "8"],
-                     env={"REAL_VLLM_METRICS_DIR": stale}) as s:
+                     env={"REAL_VLLM_METRICS_DIR": stale, step_timing.ENV: "1"}) as s:
         yield s, thf
 
 
@@ -107,6 +175,10 @@ def test_metrics_count_requests_by_sampler_and_the_values_of_t_and_p_t(served):
         if pick(metrics, "real_vllm:real_top_p_count") == [tokens["real"]]:
             break
         time.sleep(0.5)
+    # A flush can fall inside the last step (after p_t, before the runner's sample_tokens timer):
+    # the engine is idle now, so the next flush has every value.
+    time.sleep(3 * observability.FLUSH_SECONDS)
+    metrics = scrape(server)
     labels = {"model_name": model, "engine": "0"}
     for sampler, n in (("edt", 3), ("real", 2), ("none", 1)):
         assert pick(metrics, "real_vllm:requests_total", sampler=sampler, **labels) == [n], metrics
@@ -127,6 +199,21 @@ def test_metrics_count_requests_by_sampler_and_the_values_of_t_and_p_t(served):
     assert 0 < pick(metrics, "real_vllm:step_seconds_sum", part="thf")[0] < pick(
         metrics, "real_vllm:step_seconds_sum", part="edt_real")[0]
     assert not pick(metrics, "real_vllm:step_seconds_count", part="sled")
+    # vLLM's runner step (REAL_VLLM_STEP_TIMING=1): one sample per step, the forward inside
+    # execute_model, the processors inside the sampler
+    def part(name, stat="sum"):
+        found = pick(metrics, f"real_vllm:step_seconds_{stat}", part=name, **labels)
+        assert len(found) == 1, (name, metrics)
+        return found[0]
+
+    samples = part("vllm_sample", "count")
+    assert samples == part("vllm_sample_tokens", "count") and samples >= steps[0]
+    assert part("vllm_execute_model", "count") >= part("vllm_model_forward", "count") >= samples
+    assert 0 < part("vllm_model_forward") < part("vllm_execute_model")
+    assert 0 < part("vllm_sample") < part("vllm_sample_tokens")
+    assert part("processors_apply", "count") >= samples  # every apply, the plain steps' too
+    assert part("edt_real") <= part("processors_apply") < part("vllm_sample")
+    assert part("processors_update", "count") >= 1
     # vLLM's own metrics are still served next to them
     with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=30) as r:
         assert "vllm:num_requests_running" in r.read().decode()

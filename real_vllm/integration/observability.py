@@ -72,12 +72,14 @@ PARTS = {
     "early": "the SLED/DoLa processor's whole apply() (projections included)",
     "sled": "SLED: the early layers' logits and the evolution",
     "dola": "DoLa: the early layers' logits and the contrast",
+    # with REAL_VLLM_STEP_TIMING=1 also step_timing.PARTS: vLLM's runner step and the processors
 }
 HELP = {
     "requests": "Requests the real_vllm logits processors admitted to a batch, by resolved sampler "
                 "(server default applied; a request resumed after preemption counts again).",
-    "step_seconds": "Host seconds real_vllm spends per engine step, by part (no device sync: on CUDA "
-                    "launch time, not kernel time); observed on steps where the part ran.",
+    "step_seconds": "Host seconds per engine step, by part: real_vllm's, and with REAL_VLLM_STEP_TIMING=1 "
+                    "vLLM's runner's (no device sync: on CUDA launch time, not kernel time); observed "
+                    "on steps where the part ran.",
     "edt_temperature": "EDT's temperature T of each EDT row at each step.",
     "real_top_p": "REAL's nucleus threshold p_t of each REAL row at each step.",
 }

@@ -6,7 +6,8 @@ the engine core and in the workers. ``--sampler NAME`` and ``--real-thf PATH``
 are folded into ``additional_config`` ("sampler", "real_thf"), where the logits processor
 reads the server defaults.
 EngineArgs.add_cli_args / from_cli_args are not a public API: the patch is guarded by the
-vLLM version it was verified on, and tested.
+vLLM version it was verified on, and tested. So is the opt-in timing of vLLM's runner step
+(step_timing, ``REAL_VLLM_STEP_TIMING=1``).
 """
 
 from __future__ import annotations
@@ -52,6 +53,9 @@ def register() -> None:
     register_all()
     _add_sampler_flag(EngineArgs)
     _hook_engine_config(EngineArgs)
+    from real_vllm.integration import step_timing
+
+    step_timing.install()  # only with REAL_VLLM_STEP_TIMING set
 
 
 def _add_sampler_flag(engine_args_cls) -> None:
