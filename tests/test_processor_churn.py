@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
@@ -194,6 +195,22 @@ class Step:
         return (norm(h) if normed else h) @ self.weight[:VOCAB].T
 
 
+# How far a float32 entropy may be from the exact one, in nats: the C++ kernel measured <= 9e-8
+# against float64 on peaked rows of a few finite logits, the float32 reference about the same.
+H_ROUNDING = 2e-7
+
+
+def edt_sensitivity(row: torch.Tensor, n: float, theta: float) -> float:
+    """|d ln T / d H| of EDT's T = t0 * n ** (theta / H) on this row, 0 where T sits at its floor.
+    A near-greedy row (H -> 0: a few finite logits after DoLa's plausibility mask) turns the
+    float32 rounding of H into a relative error of T, and of every logit, far above 1e-4."""
+    p = row.double().softmax(-1)
+    h = float(-(p[p > 0] * p[p > 0].log()).sum())
+    if theta == 0 or h <= 0 or n ** (theta / h) <= MIN_SCALE:
+        return 0.0
+    return abs(math.log(n)) * theta / h ** 2
+
+
 def check_row(server: Server, step: Step, out: torch.Tensor, row: int, req: Request, tokens: list[int], where: str):
     """``out`` (row ``row`` after both processors) against the row's request, recomputed."""
     x, args, methods = step.logits[row], req.args or {}, req.methods
@@ -207,10 +224,12 @@ def check_row(server: Server, step: Step, out: torch.Tensor, row: int, req: Requ
     if "dola" in methods:
         want, _ = reference.dola_contrast(want, step.early_logits(row, DOLA_LAYERS, True)[:, None],
                                           args["dola_relative_top"], args["dola_divergence"])
+    rtol = 1e-4
     if "edt" in methods:
+        rtol += edt_sensitivity(want[0], args["edt_n"], args["edt_theta"]) * H_ROUNDING
         want, _ = reference.apply_edt(want, args["edt_t0"], args["edt_n"], args["edt_theta"], MIN_SCALE)
     if "real" not in methods:
-        torch.testing.assert_close(out, want[0], rtol=1e-4, atol=1e-4, msg=lambda m: f"{where}: {m}")
+        torch.testing.assert_close(out, want[0], rtol=rtol, atol=1e-4, msg=lambda m: f"{where}: {m}")
         return
     p_t = server.threshold(tokens, args["real_p0"], args["real_decay_temperature"])
     narrow = reference.top_p_mask(want, (p_t - TOP_P_SLACK).reshape(1))[0].isfinite()
@@ -218,7 +237,7 @@ def check_row(server: Server, step: Step, out: torch.Tensor, row: int, req: Requ
     kept = out.isfinite()
     assert not (narrow & ~kept).any(), f"{where}: REAL dropped tokens of its nucleus (p_t {float(p_t):.5f})"
     assert not (kept & ~wide).any(), f"{where}: REAL kept tokens outside its nucleus (p_t {float(p_t):.5f})"
-    torch.testing.assert_close(out[kept], want[0][kept], rtol=1e-4, atol=1e-4, msg=lambda m: f"{where}: {m}")
+    torch.testing.assert_close(out[kept], want[0][kept], rtol=rtol, atol=1e-4, msg=lambda m: f"{where}: {m}")
 
 
 class Churn(RuleBasedStateMachine):
