@@ -108,7 +108,7 @@ def real_points(decays, default: float, thf: str, first: bool) -> list[Point]:
                   default=d == default, value=d, thf=thf) for d in decays]
 
 
-def sweep(quick: bool, seeds: int, thfs: tuple = ("thf",)) -> list[Point]:
+def sweep(quick: bool, seeds: int, thfs: tuple) -> list[Point]:
     """The sweep points, REAL's with each THF named in thfs (the first keeps the plain names; none:
     no REAL). Defaults (default=True) are the plugin's, from the papers; the other points were
     chosen to span each method's range, not tuned on these prompts."""
