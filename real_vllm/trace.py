@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"text: {tokenizer.decode(output_ids)!r}\n")
         print_rows(tokens, figures, colour=sys.stdout.isatty() and not args.no_color, others=compared)
         print()
-        title = describe(prompt, xargs, args) + (f"; THF {served_name} served, {', '.join(others)} on the same tokens"
+        title = describe(prompt, xargs, args) + (f"\nTHF {served_name} served; {', '.join(others)} on the same tokens"
                                                  if others else "")
         traces.append(Trace(tokens, figures, title, served_name, compared))
     plot(traces, args.png)

@@ -154,4 +154,4 @@ def test_trace_compares_thfs_on_the_same_tokens_of_several_prompts(tiny_model_di
         series = {line.get_label(): list(line.get_ydata()) for line in entropies.get_lines()}
         assert series["c, THF thf_b"] == t.others["thf_b"]["asymptote"] and series["d, THF thf"] == t.figures["residual"]
         assert entropies.get_title().startswith(f"real-vllm trace {prompts[column]!r} (raw completion)")
-        assert entropies.get_title().endswith("THF thf served, thf_b on the same tokens")
+        assert entropies.get_title().endswith("\nTHF thf served; thf_b on the same tokens")
