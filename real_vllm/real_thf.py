@@ -13,15 +13,6 @@ import os
 from pathlib import Path
 
 
-def thf_folder(spec: str | os.PathLike) -> Path:
-    """A THF given by the user as a folder: a checkpoint folder, or the name of a shipped one
-    (a folder of real_vllm/thf/checkpoints, e.g. smollm2)."""
-    from real_vllm.thf.runtime import SHIPPED_CHECKPOINT
-
-    shipped = SHIPPED_CHECKPOINT.parent / str(spec)
-    return shipped if not Path(spec).is_dir() and shipped.is_dir() else Path(spec)
-
-
 def served_thf(model_dir: str | os.PathLike, real_thf: str | os.PathLike | None = None) -> Path | None:
     """The THF REAL would use for the model, or None when there is none or its tokenizer's
     vocabulary is not the model's."""

@@ -224,10 +224,12 @@ def main(argv: list[str] | None = None) -> None:
         from real_vllm.assets import default_model_dir
 
         model = str(default_model_dir())
-    from real_vllm.real_thf import thf_folder
-    from real_vllm.thf.runtime import resolve_checkpoint
+    from real_vllm.thf.runtime import checkpoint_path, resolve_checkpoint
 
-    thfs = [thf_folder(spec) for spec in args.thf or []]
+    try:
+        thfs = [checkpoint_path(spec) for spec in args.thf or []]
+    except ValueError as e:
+        parser.error(f"--thf: {e}")
     real = parse_sampler_args(xargs).real
     served = thfs[0] if thfs else None
     served_name = Path(resolve_checkpoint(served)[0] or "").name if real is not None else ""

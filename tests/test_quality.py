@@ -5,7 +5,6 @@ caveats, and `real-vllm eval --quick` end to end on the tiny model."""
 import csv
 import hashlib
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -358,15 +357,14 @@ def test_reuse_keys_ignore_the_thf_and_old_points_get_the_runs_thf():
 def test_the_runs_thfs_default_to_the_shipped_ones_served_default_first(tmp_path, tiny_model_dir):
     from real_vllm.assets import default_model_dir
     from real_vllm.quality.run import run_thfs
-    from real_vllm.real_thf import thf_folder
     from real_vllm.thf.runtime import SHIPPED_CHECKPOINT
 
-    assert thf_folder(SHIPPED_CHECKPOINT.name) == SHIPPED_CHECKPOINT  # a shipped THF by name
-    assert thf_folder(str(tmp_path)) == tmp_path and thf_folder("no-such-thf") == Path("no-such-thf")
     thfs = run_thfs(str(default_model_dir()), None)
     shipped = sorted(p.name for p in SHIPPED_CHECKPOINT.parent.iterdir() if (p / "thf_config.json").is_file())
     assert thfs[0]["name"] == SHIPPED_CHECKPOINT.name and sorted(t["name"] for t in thfs) == shipped
     assert thfs[0]["record"]["path"] == "real_vllm/thf/checkpoints/smollm2" and thfs[0]["record"]["shipped"]
+    with pytest.raises(SystemExit, match="--real-thf: .*no-such-thf does not exist.*shipped: smollm2"):
+        run_thfs(str(default_model_dir()), ["no-such-thf"])
     # No shipped THF fits the tiny model; one named must fit.
     assert run_thfs(str(tiny_model_dir), None) == []
     with pytest.raises(SystemExit, match="--real-thf smollm2: its tokenizer is not the model's"):

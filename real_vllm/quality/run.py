@@ -282,14 +282,17 @@ def run_thfs(model: str, specs: list[str] | None) -> list[dict]:
     point names): each --real-thf (a folder or a shipped THF's name; each must fit the model, else
     the run stops here), by default the THF the engine would serve and then every other shipped one,
     those that fit. Their names (folder names) must differ: they name the points."""
-    from real_vllm.real_thf import served_thf, thf_folder
-    from real_vllm.thf.runtime import SHIPPED_CHECKPOINT, resolve_checkpoint
+    from real_vllm.real_thf import served_thf
+    from real_vllm.thf.runtime import checkpoint_path, resolve_checkpoint, shipped_checkpoints
 
     if specs:
-        candidates = [(spec, thf_folder(spec)) for spec in specs]
+        try:
+            candidates = [(spec, checkpoint_path(spec)) for spec in specs]
+        except ValueError as e:
+            sys.exit(f"real-vllm eval: --real-thf: {e}")
     else:
         default, _ = resolve_checkpoint(None)
-        shipped = sorted(p.parent for p in SHIPPED_CHECKPOINT.parent.glob("*/thf_config.json"))
+        shipped = list(shipped_checkpoints().values())
         candidates = [(None, p) for p in ([default] if default else [])
                       + [p for p in shipped if default is None or p.resolve() != default.resolve()]]
     thfs = []
