@@ -284,17 +284,115 @@ def test_claims_judge_a_frontier_and_a_difference_from_data():
     assert any(line.startswith("- **SLED**") and "**inconclusive**" in line for line in lines)
 
 
+def _wiki_cols(rng, n, factuality, distinct_4, entities=40):
+    nan = np.full(n, np.nan)
+    return {"ent": np.full(n, entities, float), "unsup": rng.binomial(entities, 1 - factuality, n).astype(float),
+            "held": np.zeros(n), "held_hit": np.zeros(n), "d2": nan, "d3": nan, "d4": np.full(n, distinct_4),
+            "sbleu": nan, "ssim": nan, "words": np.ones(n)}
+
+
+def test_real_is_judged_per_thf_and_the_thf_is_chosen_on_tune():
+    from real_vllm.quality.run import Point, real_points
+
+    n = 80
+    rng = np.random.default_rng(1)
+    st = stats.Stats(seeds=4, splits={"wiki": ["tune", "test"] * (n // 2)}, bootstrap=300)
+    pts = [Point("greedy", "greedy", 0.0, also=("top_p",)), Point("top_p", "top_p=1", 1.0, 1.0)]
+    pts += real_points((2.0, 4.0), 4.0, "a", first=True) + real_points((2.0, 4.0), 4.0, "b", first=False)
+    # The top-p curve from (distinct-4 0.2, factuality 0.3) to (1.0, 0.2): 0.25 at 0.6, where the
+    # REAL points lie. THF a: +0.10 at decay 2, +0.05 at its default 4; THF b: +0.20 and +0.15.
+    values = {"greedy": (0.3, 0.2), "top_p=1": (0.2, 1.0), "real decay=2": (0.35, 0.6), "real decay=4": (0.30, 0.6),
+              "real[b] decay=2": (0.45, 0.6), "real[b] decay=4": (0.40, 0.6)}
+    for p in pts:
+        st.cols[(p.label, "wiki")] = _wiki_cols(rng, n, *values[p.label])
+        st.points[p.label] = p
+    assert [p.label for p in pts[2:]] == ["real decay=2", "real decay=4", "real[b] decay=2", "real[b] decay=4"]
+    assert {p.method for p in pts[2:]} == {"real", "real[b]"} and {p.kind for p in pts[2:]} == {"real"}
+    rows, lines = claims.judge(st)
+    # Each THF's default point (decay 4) is judged: its own verdict line, named after its THF.
+    line_a = next(line for line in lines if line.startswith("- **REAL (THF a)**"))
+    line_b = next(line for line in lines if line.startswith("- **REAL (THF b)**"))
+    assert "(real decay=4)" in line_a and "(real[b] decay=4)" in line_b
+    gains = {r.measure: r.estimate for r in rows if r.primary and r.method in ("real", "real[b]")}
+    assert gains["wiki: factuality gain over top_p at equal distinct_4 (real decay=4)"].est == pytest.approx(0.05, abs=0.03)
+    assert gains["wiki: factuality gain over top_p at equal distinct_4 (real[b] decay=4)"].est == pytest.approx(0.15, abs=0.03)
+    # The choice: THF b at decay 2 on tune, its gain above THF a's pick (decay 2) confirmed on test.
+    choice = {r.measure: r for r in rows if r.claim.startswith("the THF and decay chosen on tune")}
+    [deciding] = [r for r in choice.values() if r.primary]
+    assert deciding.measure == ("wiki: factuality gain over top_p, real[b] decay=2 (chosen on tune) minus real decay=2")
+    assert deciding.estimate.est == pytest.approx(0.10, abs=0.03) and deciding.verdict == "reproduces"
+    a_gain = choice[next(m for m in choice if m.startswith("wiki: factuality gain over top_p at equal distinct_4, real decay=2"))]
+    b_gain = choice[next(m for m in choice if m.startswith("wiki: factuality gain over top_p at equal distinct_4, real[b] decay=2"))]
+    # Paired: the difference is the difference of the two gains, its interval narrower than theirs together.
+    assert deciding.estimate.est == pytest.approx(b_gain.estimate.est - a_gain.estimate.est)
+    assert any(line.startswith("- **REAL's THF**") and "**reproduces**" in line for line in lines)
+    # With one THF there is nothing to choose: no choice rows, no line.
+    for label in ("real[b] decay=2", "real[b] decay=4"):
+        del st.points[label], st.cols[(label, "wiki")]
+    rows, lines = claims.judge(st)
+    assert not any(r.claim.startswith("the THF and decay chosen") for r in rows)
+    assert not any("REAL's THF" in line for line in lines) and any(line.startswith("- **REAL (THF a)**") for line in lines)
+
+
+def test_reuse_keys_ignore_the_thf_and_old_points_get_the_runs_thf():
+    from real_vllm.quality.run import Point, _point_key, real_points, saved_thf_path, sweep
+
+    [old] = [p for p in sweep(False, 4, ("smollm2",)) if p.label == "real decay=4"]
+    assert old.thf == "smollm2" and old.default
+    # A run saved before points named their THF has the same key: its texts are taken again.
+    assert _point_key(old) == _point_key(Point(**{**old.__dict__, "thf": None}))
+    labels = [p.label for p in sweep(False, 4, ("smollm2", "smollm2-depth")) if p.kind == "real"]
+    assert labels == ["real decay=2", "real decay=4", "real decay=8", "real[smollm2-depth] decay=2",
+                      "real[smollm2-depth] decay=4", "real[smollm2-depth] decay=8"]
+    assert not [p for p in sweep(True, 2, ()) if p.kind == "real"]  # no THF, no REAL
+    a, b = real_points((4.0,), 4.0, "x", first=True)[0], real_points((4.0,), 4.0, "x", first=False)[0]
+    assert _point_key(a) != _point_key(b)
+    # The THF a saved point ran with: the run's one THF for a run saved before they were listed.
+    assert saved_thf_path({"real_thf": {"path": "real_vllm/thf/checkpoints/smollm2"}}, old) == "real_vllm/thf/checkpoints/smollm2"
+    listed = {"real_thf": {"path": "p1"}, "real_thfs": {"smollm2": {"path": "p1"}, "x": {"path": "p2"}}}
+    assert saved_thf_path(listed, old) == "p1" and saved_thf_path(listed, b) == "p2"
+    assert saved_thf_path(listed, real_points((4.0,), 4.0, "y", first=False)[0]) is None
+
+
+def test_the_runs_thfs_default_to_the_shipped_ones_served_default_first(tmp_path, tiny_model_dir):
+    from real_vllm.assets import default_model_dir
+    from real_vllm.quality.run import run_thfs
+    from real_vllm.thf.runtime import SHIPPED_CHECKPOINT
+
+    thfs = run_thfs(str(default_model_dir()), None)
+    shipped = sorted(p.name for p in SHIPPED_CHECKPOINT.parent.iterdir() if (p / "thf_config.json").is_file())
+    assert thfs[0]["name"] == SHIPPED_CHECKPOINT.name and sorted(t["name"] for t in thfs) == shipped
+    assert thfs[0]["record"]["path"] == "real_vllm/thf/checkpoints/smollm2" and thfs[0]["record"]["shipped"]
+    with pytest.raises(SystemExit, match="--real-thf: .*no-such-thf does not exist.*shipped: smollm2"):
+        run_thfs(str(default_model_dir()), ["no-such-thf"])
+    # No shipped THF fits the tiny model; one named must fit.
+    assert run_thfs(str(tiny_model_dir), None) == []
+    with pytest.raises(SystemExit, match="--real-thf smollm2: its tokenizer is not the model's"):
+        run_thfs(str(tiny_model_dir), ["smollm2"])
+
+
 def test_caveats_come_from_the_run_record():
     tools = M.TextTools("NER X", "splitter Y", "BLEU Z")
     given = render.caveats({"model": "Qwen3-1.7B", "model_parameters": 1_720_000_000,
                             "real_thf": {"path": "/ckpt/qwen-thf", "shipped": False}}, tools, {"real", "vs"})
     assert "Qwen3-1.7B (1,720M parameters)" in given and "/ckpt/qwen-thf" in given and "135M" not in given
-    assert "home-made" not in given and "NER X" in given and "VS candidates" in given
+    assert "shipped" not in given and "NER X" in given and "VS candidates" in given
+    # A run saved before the THFs were listed: its one THF, shipped.
     shipped = render.caveats({"model": "SmolLM2-135M-Instruct", "model_parameters": 134_515_008,
                               "real_thf": {"path": "real_vllm/thf/checkpoints/smollm2", "shipped": True}}, tools, {"real"})
-    assert "(135M parameters)" in shipped and "home-made" in shipped and "VS candidates" not in shipped
+    assert "(135M parameters)" in shipped and "VS candidates" not in shipped
+    assert "REAL uses the THF real_vllm/thf/checkpoints/smollm2 (shipped; its RECIPE.md" in shipped
+    # Two THFs: each named, the second by its curve, each with the family it was trained on.
+    first = {"path": "real_vllm/thf/checkpoints/smollm2", "shipped": True, "members": ["xs", "s", "SmolLM2"]}
+    depth = {"path": "/x/smollm2-depth", "shipped": False, "members": ["layer10", "layer20", "SmolLM2"]}
+    both = render.caveats({"model": "m", "real_thf": first, "real_thfs": {"smollm2": first, "smollm2-depth": depth}},
+                          tools, {"real"})
+    assert "REAL uses the THF real_vllm/thf/checkpoints/smollm2, trained on the entropies of the family xs, s, SmolLM2" in both
+    assert "real[smollm2-depth] uses the THF /x/smollm2-depth, trained on the entropies of the family layer10, " in both
+    assert both.count("shipped") == 1
     old = render.caveats({"model": "m"}, tools, {"real"})  # a run saved before the record existed
     assert "parameter count not recorded" in old and "THF was not recorded" in old
+    assert "THF" not in render.caveats({"model": "m"}, tools, {"greedy"})
 
 
 # --------------------------------------------------------------------------------------------
@@ -364,17 +462,27 @@ def test_data_reads_an_archive_when_the_package_is_not_installed(tmp_path, monke
 @pytest.mark.engine
 @pytest.mark.timeout(600)
 def test_eval_quick_end_to_end(tiny_model_dir, tmp_path, monkeypatch):
+    import real_vllm.quality.run as run
     from real_vllm.quality.run import main, sweep
     from tests.conftest import engine_env
     from tests.thf_fixtures import build_tiny_thf
 
+    # Two THFs: REAL with each, the second's points in an engine of their own.
     thf = build_tiny_thf(tmp_path / "thf", tiny_model_dir)
+    thf_b = build_tiny_thf(tmp_path / "thf_b", tiny_model_dir, seed=1)
+    engines = []
+    start_engine = run.start_engine
+    monkeypatch.setattr(run, "start_engine", lambda model, layers, real_thf, seqs: engines.append(real_thf)
+                        or start_engine(model, layers, real_thf, seqs))
+    two = ["--real-thf", str(thf), "--real-thf", str(thf_b)]
     with engine_env():
-        main(["--quick", "--model", str(tiny_model_dir), "--real-thf", str(thf), "--out", str(tmp_path), "--bootstrap", "200"])
+        main(["--quick", "--model", str(tiny_model_dir), *two, "--out", str(tmp_path), "--bootstrap", "200"])
+    assert engines == [thf.resolve(), thf_b.resolve()]
     [csv_path] = tmp_path.glob("quality_quick_*.csv")
     rows = list(csv.DictReader(open(csv_path)))
-    labels = {p.label for p in sweep(quick=True, seeds=2)}
-    assert {r["label"] for r in rows} == labels
+    labels = {p.label for p in sweep(quick=True, seeds=2, thfs=("thf", "thf_b"))}
+    assert {r["label"] for r in rows} == labels and {"real decay=4", "real[thf_b] decay=4"} <= labels
+    assert {r["thf"] for r in rows if r["label"].startswith("real")} == {"thf", "thf_b"}
     assert {r["split"] for r in rows} == {"tune", "test", "all"}
     by = {(r["label"], r["task"], r["split"]): r for r in rows}
     # Greedy points run one seed: its copies are identical.
@@ -390,19 +498,30 @@ def test_eval_quick_end_to_end(tiny_model_dir, tmp_path, monkeypatch):
     assert {(r["ner"], r["sentence_splitter"], r["bleu"]) for r in rows} == {(tools.ner, tools.sentence_splitter, tools.bleu)}
     assert csv_path.with_suffix(".png").stat().st_size > 10_000
     md = csv_path.with_suffix(".md").read_text()
-    assert tools.ner in md and "135M" not in md and str(thf.resolve()) in md  # caveats: this run's model and THF
-    for name in ("REAL", "SLED", "EDT", "Verbalized Sampling"):
+    assert tools.ner in md and "135M" not in md  # caveats: this run's model and THFs
+    assert f"REAL uses the THF {thf.resolve()}" in md and f"real[thf_b] uses the THF {thf_b.resolve()}" in md
+    assert "(2 engines, one per THF)" in md
+    for name in ("REAL (THF thf)", "REAL (THF thf_b)", "SLED", "EDT", "Verbalized Sampling"):
         assert f"**{name}**" in md
     samples = tmp_path / (csv_path.stem + "_samples.json.gz")
     # --rescore measures the saved texts again, without an engine: the same rows.
     main(["--rescore", str(samples), "--out", str(tmp_path / "again"), "--bootstrap", "200"])
     assert (tmp_path / "again" / csv_path.name).read_text() == csv_path.read_text()
     # --reuse takes every point the earlier run made: no engine starts, the same rows again.
-    import real_vllm.quality.run as run
-
     monkeypatch.setattr(run, "start_engine", lambda *a: pytest.fail("--reuse started an engine for made points"))
-    same = ["--quick", "--model", str(tiny_model_dir), "--real-thf", str(thf), "--bootstrap", "200", "--reuse", str(samples)]
-    main(same + ["--out", str(tmp_path / "reused")])
+    same = ["--quick", "--model", str(tiny_model_dir), "--bootstrap", "200", "--reuse", str(samples)]
+    main(same + two + ["--out", str(tmp_path / "reused")])
     assert (tmp_path / "reused" / csv_path.name).read_text() == csv_path.read_text()
     with pytest.raises(SystemExit, match="seeds 2, this run has 3"):
-        main(same + ["--seeds", "3", "--out", str(tmp_path / "other")])
+        main(same + two + ["--seeds", "3", "--out", str(tmp_path / "other")])
+    # Another folder under the second THF's name: only its points are generated again, in its engine.
+    other = build_tiny_thf(tmp_path / "elsewhere" / "thf_b", tiny_model_dir, seed=2)
+
+    def refuse(model, layers, real_thf, seqs):
+        raise RuntimeError(f"engine with {real_thf}")
+
+    monkeypatch.setattr(run, "start_engine", refuse)
+    with pytest.raises(RuntimeError, match=f"engine with {other.resolve()}$"):
+        main(same + ["--real-thf", str(thf), "--real-thf", str(other), "--out", str(tmp_path / "other")])
+    with pytest.raises(SystemExit, match="two THFs named 'thf_b'"):
+        main(same + ["--real-thf", str(thf_b), "--real-thf", str(other), "--out", str(tmp_path / "other")])

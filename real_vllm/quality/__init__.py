@@ -7,7 +7,10 @@
   "tune" and "test".
 - metrics.py: the metrics (entity heuristic and NE_ER, answer normalisation and matching,
   distinct-n, self-BLEU, MiniLM semantic self-similarity), pure functions except the embedder.
-- run.py: the sweep through one vLLM engine, the CSV, and the command line.
-- report.py: aggregation per sweep point, Pareto gains with bootstrap intervals, the claims
-  table (markdown) and the Pareto plot.
+- run.py: the sweep through vLLM engines (one per THF), the CSV, and the command line.
+- measure.py: the per-item numbers of every point and task, and the CSV rows.
+- stats.py: aggregation per sweep point, Pareto gains with paired bootstrap intervals, verdicts.
+- claims.py: the papers' claims as data (REAL's per THF, and which THF to default to), judged on
+  the test split.
+- render.py: the markdown report and the Pareto plot.
 """

@@ -3,18 +3,21 @@
 A claim names the method, the paper's wording and how it is measured: a frontier claim (the
 method's default point above a baseline family's curve, stats.pareto_gain), a difference claim
 (the default point against other methods' reference points on some metrics, paired), or a ratio
-claim (a diversity ratio over direct sampling at the method's temperature). Each yields table
-rows; the rows marked primary decide the method's verdict: "reproduces" needs every primary row
+claim (a diversity ratio over direct sampling at the method's temperature). A method run in
+variants (REAL with each THF: curves real, real[NAME], ...) has its claim judged for each, and a
+choice claim says which variant, at which setting, to make the default: picked on the tune split,
+confirmed on the test split. Each yields table rows; the rows marked primary decide the method's verdict: "reproduces" needs every primary row
 to reproduce, "contradicted" at least one contradicted and none reproducing, "mixed" both, else
 "inconclusive". Other rows (the other axis, the best setting on tune, the other task) are context.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
-from real_vllm.quality.stats import AXES, Estimate, Stats, paired_difference, pareto_gain
+from real_vllm.quality.stats import AXES, Estimate, Stats, paired_difference, pareto_gain, pareto_gain_difference
 
 NO_DATA = "undefined: no entities or items"
 OUTSIDE = "outside the baseline's range"
@@ -60,6 +63,11 @@ def family(points: dict, curve: str) -> list[str]:
     return [label for label, p in points.items() if curve in p.curves()]
 
 
+def variants(points: dict, method: str) -> list[str]:
+    """The curves of a method in a run: the method and its variants with another THF (real[NAME])."""
+    return [m for m in dict.fromkeys(p.method for p in points.values()) if m == method or m.startswith(method + "[")]
+
+
 def best_on_tune(stats: Stats, method: str, score) -> str | None:
     """The method's point with the highest finite score(label) on the tune split."""
     scores = {label: score(label) for label, p in stats.points.items() if p.method == method}
@@ -98,6 +106,50 @@ class FrontierClaim:
             if best and best != label:
                 rows.append(Row(self.method, self.claim, f"{task}: {y} gain over {self.baseline}, best setting on tune ({best})",
                                 pareto_gain(stats, best, base, task), why=OUTSIDE))
+        return rows
+
+
+@dataclass(frozen=True)
+class ChoiceClaim:
+    """Which variant of a method (REAL with each THF), at which setting, beats the baseline family
+    by more: each variant's best setting on tune by its gain over the baseline curve at equal
+    diversity; the variant whose best is higher there is the choice. On test: the chosen point's
+    gain minus each other variant's pick, paired (primary on primary_tasks: "reproduces" confirms
+    the choice), and each pick's own gain, as context. Needs two variants or more."""
+
+    method: str
+    name: str
+    claim: str
+    summary: str
+    baseline: str
+    primary_tasks: tuple
+
+    def rows(self, stats: Stats) -> list[Row]:
+        pts = stats.points
+        base = family(pts, self.baseline)
+        rows = []
+        for task in ("wiki", "trivia"):
+            if not base or not all(stats.has(b, task) for b in base):
+                continue
+
+            def tune(label, task=task):
+                return (pareto_gain(stats, label, base, task, "tune", with_interval=False).est
+                        if stats.has(label, task) else math.nan)
+
+            picks = {v: best_on_tune(stats, v, tune) for v in variants(pts, self.method)}
+            picks = {v: label for v, label in picks.items() if label}
+            if len(picks) < 2:
+                continue
+            chosen = picks[max(picks, key=lambda v: tune(picks[v]))]
+            x, y = AXES[task]
+            for label in picks.values():
+                rows.append(Row(self.method, self.claim, f"{task}: {y} gain over {self.baseline} at equal {x}, "
+                                f"{label} (tune: {tune(label):+.3f})", pareto_gain(stats, label, base, task), why=OUTSIDE))
+            for label in picks.values():
+                if label != chosen:
+                    rows.append(Row(self.method, self.claim, f"{task}: {y} gain over {self.baseline}, {chosen} (chosen "
+                                    f"on tune) minus {label}", pareto_gain_difference(stats, chosen, label, base, task),
+                                    primary=task in self.primary_tasks, why=OUTSIDE))
         return rows
 
 
@@ -183,6 +235,9 @@ class RatioClaim:
 CLAIMS = (
     FrontierClaim("real", "REAL", "more factual and more diverse than top-p", "more factual and more diverse than top-p",
                   baseline="top_p", primary_tasks=("wiki",)),
+    ChoiceClaim("real", "REAL's THF", "the THF and decay chosen on tune beat the other THFs' against top-p",
+                "the THF and decay chosen on tune, above top-p at equal diversity by more than the other THFs' picks",
+                baseline="top_p", primary_tasks=("wiki",)),
     DifferenceClaim("sled", "SLED", "beats greedy and DoLa on factual accuracy", "beats greedy and DoLa on factual accuracy",
                     against=("greedy", "dola"), note=" (greedy decoding)",
                     measures=(Measure("trivia", "accuracy", "accuracy", primary=True),
@@ -210,15 +265,31 @@ def overall(rows: list[Row]) -> str | None:
     return "contradicted" if "contradicted" in kinds else "inconclusive"
 
 
-def judge(stats: Stats, claims=CLAIMS) -> tuple[list[Row], list[str]]:
-    """The claims table's rows and one verdict line per claim."""
-    rows, lines = [], []
+def per_variant(stats: Stats, claims) -> list:
+    """The claims with a frontier claim repeated for each variant of its method (REAL with each
+    THF), each named after its THF."""
+    out = []
     for claim in claims:
+        if not isinstance(claim, FrontierClaim):
+            out.append(claim)
+            continue
+        for method in variants(stats.points, claim.method) or [claim.method]:
+            label = reference_point(stats.points, method)
+            thf = stats.points[label].thf if label else None
+            out.append(dataclasses.replace(claim, method=method, name=f"{claim.name} (THF {thf})" if thf else claim.name))
+    return out
+
+
+def judge(stats: Stats, claims=CLAIMS) -> tuple[list[Row], list[str]]:
+    """The claims table's rows and one verdict line per claim (a frontier claim: per variant)."""
+    rows, lines = [], []
+    for claim in per_variant(stats, claims):
         mine = claim.rows(stats)
         rows += mine
         kind = overall(mine)
         if kind is None:
-            lines.append(f"- **{claim.name}** ({claim.summary}): not measured in this run.")
+            if not isinstance(claim, ChoiceClaim):  # a choice needs two variants: silent with one
+                lines.append(f"- **{claim.name}** ({claim.summary}): not measured in this run.")
             continue
         detail = "; ".join(f"{r.measure}: {r.result} ({r.verdict})" for r in mine if r.primary)
         lines.append(f"- **{claim.name}** ({claim.summary}): **{kind}** here. {detail}.")

@@ -109,7 +109,7 @@ def measure(results, wiki, trivia, seeds: int, model_name: str, machine: str, bo
                 value = aggregate(task, cols, ix, seeds) if len(ix) else {}
                 row = {
                     "model": model_name, "machine": machine, "task": task, "split": split, "method": p.method,
-                    "label": p.label, "default": p.default, "temperature": p.temperature, "top_p": p.top_p,
+                    "label": p.label, "thf": p.thf or "", "default": p.default, "temperature": p.temperature, "top_p": p.top_p,
                     "extra_args": json.dumps(p.extra_args, sort_keys=True), "seeds": 1 if p.greedy else seeds,
                     "items": len(ix), "seconds": round(g.seconds, 1), "tokens": g.tokens,
                     "tok_s": round(g.tokens / g.seconds, 1) if g.tokens and g.seconds else math.nan,

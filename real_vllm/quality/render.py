@@ -1,8 +1,8 @@
 """The quality report: the markdown summary (verdicts, claims table, every sweep point, the
 run's caveats) and the factuality-diversity Pareto plot.
 
-The caveats come from the run's record (run.py's RunRecord: the model and its parameter count,
-the THF that served REAL) and from metrics.text_tools() (the NER, splitter and BLEU used).
+The caveats come from the run's record (run.py's record: the model and its parameter count,
+the THFs that served REAL) and from metrics.text_tools() (the NER, splitter and BLEU used).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from real_vllm.quality.stats import SPLITS, Stats
 
 CURVE_STYLE = {"greedy": "k", "top_p": "tab:blue", "temperature": "tab:gray", "edt": "tab:orange",
                "real": "tab:green", "sled": "tab:red", "dola": "tab:purple", "vs": "tab:brown"}
+VARIANT_STYLE = ("tab:olive", "tab:cyan", "tab:pink")  # REAL with a second, third, ... THF: real[NAME]
 
 
 def _table(header: list[str], body: list[list]) -> str:
@@ -38,18 +39,27 @@ def caveats(record: dict, tools: TextTools, methods: set) -> str:
            "missing from the lead counts as an error",
            f"first sentences: {tools.sentence_splitter}; self-BLEU: {tools.bleu}"]
     if "real" in methods:
-        thf = record.get("real_thf")
-        if not thf:
-            out.append("REAL's THF was not recorded for this run")
-        elif thf.get("shipped"):
-            out.append(f"REAL uses the THF shipped for the default model ({thf['path']}), trained on a home-made "
-                       "family whose forecasts are weak (see its RECIPE.md)")
-        else:
-            out.append(f"REAL uses the THF at {thf['path']}")
+        out += thf_caveats(record)
     if "vs" in methods:
         out.append("VS candidates are de-duplicated by its parser, so its distinct-answer share is high by "
                    "construction: the semantic ratio is the fairer one")
     return "Caveats: " + "; ".join(out) + "."
+
+
+def thf_caveats(record: dict) -> list[str]:
+    """What the report says of each THF that served REAL (runs saved before "real_thfs" had one)."""
+    thfs = record.get("real_thfs") or ({Path(record["real_thf"]["path"]).name: record["real_thf"]}
+                                       if record.get("real_thf") else {})
+    if not thfs:
+        return ["REAL's THF was not recorded for this run"]
+    out = []
+    for i, (name, thf) in enumerate(thfs.items()):
+        curve = "REAL" if i == 0 else f"real[{name}]"
+        members = thf.get("members")
+        out.append(f"{curve} uses the THF {thf['path']}"
+                   + (f", trained on the entropies of the family {', '.join(members)}" if members else "")
+                   + (" (shipped; its RECIPE.md says how it was made and how well it forecasts)" if thf.get("shipped") else ""))
+    return out
 
 
 def summary(rows: list[dict], stats: Stats, points, record: dict, tools: TextTools, timing: dict) -> str:
@@ -62,8 +72,10 @@ def summary(rows: list[dict], stats: Stats, points, record: dict, tools: TextToo
         "",
         f"`real-vllm eval{' --quick' if quick else ''}` (seeds {seeds}; wiki prompts tune/test "
         f"{n_items['wiki']['tune']}/{n_items['wiki']['test']}; trivia questions tune/test "
-        f"{n_items['trivia']['tune']}/{n_items['trivia']['test']}; {len(points)} sweep points). Engine start "
-        f"{timing['startup_s']:.0f} s, generation {timing['generation_s']:.0f} s"
+        f"{n_items['trivia']['tune']}/{n_items['trivia']['test']}; {len(points)} sweep points). "
+        + (f"Engine starts {timing['startup_s']:.0f} s ({timing['engines']} engines, one per THF)"
+           if timing.get("engines", 1) > 1 else f"Engine start {timing['startup_s']:.0f} s")
+        + f", generation {timing['generation_s']:.0f} s"
         + (f" ({timing['reused_points']} points' texts taken from an earlier run with --reuse; their time counted)"
            if timing.get("reused_points") else "") + f", metrics {timing['measure_s']:.0f} s.",
         f"Measured with: NER {tools.ner}; sentences {tools.sentence_splitter}; BLEU {tools.bleu}.",
@@ -105,7 +117,7 @@ def summary(rows: list[dict], stats: Stats, points, record: dict, tools: TextToo
         "Greedy points run one seed, copied. tok/s: the whole point (both tasks) in one batch, on a machine "
         "possibly shared with other jobs.",
         "",
-        caveats(record, tools, {p.method for p in points}),
+        caveats(record, tools, {p.kind for p in points}),
         "",
     ]
     return "\n".join(out)
@@ -127,6 +139,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
         fx = (lambda r: 1 - r[xk]) if xk == "self_similarity" else (lambda r: r[xk])
         fy = (lambda r: 1 - r[yk]) if yk == "ne_er" else (lambda r: r[yk])
         methods = list(dict.fromkeys(r["method"] for r in mine))
+        variant_colour = dict(zip([m for m in methods if "[" in m], VARIANT_STYLE))
         for method in methods:
             pts = [r for r in mine if r["method"] == method or
                    (method in ("top_p", "temperature") and r["method"] == "greedy") or
@@ -136,7 +149,10 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
             if not pts:
                 continue
             style = "-o" if len(pts) > 1 and method != "greedy" else "o"
-            ax.plot([t[0] for t in pts], [t[1] for t in pts], style, color=CURVE_STYLE.get(method), label=method,
+            thf = next((r["thf"] for _, _, r in pts if r["method"] == method and r.get("thf")), "")
+            name = f"{method} (THF {thf})" if thf and "[" not in method else method
+            ax.plot([t[0] for t in pts], [t[1] for t in pts], style, color=CURVE_STYLE.get(method, variant_colour.get(method)),
+                    label=name,
                     markersize=7 if method != "greedy" else 9, alpha=0.85)
             for x, y, r in pts:
                 if r["method"] == method:

@@ -3,6 +3,7 @@
     real-vllm eval                 # the full sweep on the default model (~1 h on 2 CPU cores)
     real-vllm eval --quick         # a smoke run: a handful of prompts, a few sweep points (~2 min)
     real-vllm eval --only real,top_p,greedy --wiki 40 --trivia 100 --seeds 4
+    real-vllm eval --real-thf smollm2 --real-thf /path/to/my-thf   # REAL with these THFs (a name: a shipped one)
     real-vllm eval --rescore benchmarks/results/quality_<machine>_samples.json.gz   # metrics again, no engine
     real-vllm eval --reuse benchmarks/results/quality_<machine>_samples.json.gz     # generate only new points
 
@@ -20,9 +21,12 @@ Two tasks (data.py says where the data comes from and how it is split):
   line). Accuracy: an accepted answer in the first sentence (metrics.answer_match); pass@k: any
   seed right; diversity: distinct answers across seeds, and of the wrong answers.
 
-One vLLM engine serves the whole sweep, started with ``additional_config={"sampler": "sled"}`` so
+One vLLM engine serves the sweep, started with ``additional_config={"sampler": "sled"}`` so
 that SLED and DoLa requests can be served next to plain ones; every request names its sampler
-in ``SamplingParams.extra_args`` (``{"sampler": "none"}`` for plain sampling). Each sweep point is
+in ``SamplingParams.extra_args`` (``{"sampler": "none"}`` for plain sampling). REAL runs with
+each THF of the run (every --real-thf, by default every shipped THF that fits the model): the
+first THF's points are ``real decay=D``, another's ``real[NAME] decay=D``; the THF is a
+server-wide setting, so each further THF's points get an engine of their own. Each sweep point is
 one ``llm.generate`` call holding both tasks' prompts for every seed (greedy points: one seed,
 copied). Verbalized Sampling (trivia only: a continuation is not an instruction) asks for k =
 seeds candidates in one call per question and takes them as the k samples.
@@ -34,16 +38,18 @@ run's caveats: its model, parameter count and THF) and _samples.json.gz (every t
 record, which --rescore reads back) into --out, by default benchmarks/results of the checkout
 this package runs from (an installed package has none: then --out is required).
 
-Size of the default run (20 + 20 wiki prompts, 50 + 50 questions, 4 seeds, 24 points): about 400k
-generated tokens. Measured per point on 2 AMD EPYC cores with nothing else running: plain sampling
-and EDT ~145 tok/s, vLLM's sort-based top-p < 1 and REAL ~95 tok/s, DoLa ~36, SLED over all 30
-layers ~22 (each early layer is one more lm_head GEMM): about an hour in all.
+Size of the default run (20 + 20 wiki prompts, 50 + 50 questions, 4 seeds, 24 points, and 3 more
+REAL points of ~21k tokens each per further THF): about 400k generated tokens. Measured per point
+on 2 AMD EPYC cores with nothing else running: plain sampling and EDT ~145 tok/s, vLLM's
+sort-based top-p < 1 and REAL ~95 tok/s, DoLa ~36, SLED over all 30 layers ~22 (each early layer
+is one more lm_head GEMM): about an hour in all, and an engine start (1.5-4 min) per further THF.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import gzip
 import json
 import math
@@ -75,6 +81,8 @@ class Point:
     also: tuple = ()                 # other curves this point belongs to
     default: bool = False            # the method's default setting
     value: float = math.nan          # the swept parameter, for the plot's labels
+    thf: str | None = None           # REAL's THF (its name); a point of another THF than the run's first
+                                     # has its own curve, real[NAME], and engine
 
     @property
     def greedy(self) -> bool:
@@ -87,10 +95,23 @@ class Point:
     def curves(self) -> tuple:
         return (self.method, *self.also)
 
+    @property
+    def kind(self) -> str:
+        """The method without its THF: real for real[NAME]."""
+        return self.method.split("[", 1)[0]
 
-def sweep(quick: bool, seeds: int) -> list[Point]:
-    """The sweep points. Defaults (default=True) are the plugin's, from the papers; the other
-    points were chosen to span each method's range, not tuned on these prompts."""
+
+def real_points(decays, default: float, thf: str, first: bool) -> list[Point]:
+    """REAL at each decay with one THF; the run's first THF keeps the plain names (real decay=D)."""
+    method = "real" if first else f"real[{thf}]"
+    return [Point(method, f"{method} decay={d:g}", 1.0, extra=(("sampler", "real"), ("real_decay_temperature", d)),
+                  default=d == default, value=d, thf=thf) for d in decays]
+
+
+def sweep(quick: bool, seeds: int, thfs: tuple) -> list[Point]:
+    """The sweep points, REAL's with each THF named in thfs (the first keeps the plain names; none:
+    no REAL). Defaults (default=True) are the plugin's, from the papers; the other points were
+    chosen to span each method's range, not tuned on these prompts."""
     from real_vllm.methods.real import REALConfig
 
     P = Point
@@ -105,8 +126,8 @@ def sweep(quick: bool, seeds: int) -> list[Point]:
                for t0, th in edts]
     real_default = REALConfig().decay_temperature
     decays = (real_default,) if quick else (2.0, 4.0, 8.0)
-    points += [P("real", f"real decay={d:g}", 1.0, extra=(("sampler", "real"), ("real_decay_temperature", d)),
-                 default=d == real_default, value=d) for d in decays]
+    for i, thf in enumerate(thfs):
+        points += real_points(decays, real_default, thf, first=i == 0)
     # SLED: alpha and k around the defaults (2, 10), within the reference's advice (alpha in
     # [0.5, 3], k in {5, 10, 20}); DoLa: its plausibility cut-off around 0.1.
     sleds = ((2.0, 10),) if quick else ((2.0, 10), (0.5, 10), (1.0, 10), (3.0, 10), (2.0, 5), (2.0, 20))
@@ -213,7 +234,7 @@ def chat_prompt_ids(llm, questions: list[str]) -> list[list[int]]:
     return ids
 
 
-def start_engine(model: str, sled_layers: str | None, real_thf: str | None, max_num_seqs: int):
+def start_engine(model: str, sled_layers: str | None, real_thf: str | os.PathLike | None, max_num_seqs: int):
     os.environ.pop("TRITON_INTERPRET", None)  # Triton's interpreter must be off in the engine
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
     from vllm import LLM
@@ -245,23 +266,52 @@ def parameter_count(model_dir: str) -> int | None:
     return total
 
 
-def thf_record(model: str, real_thf: str | None) -> dict | None:
-    """The THF that will serve REAL on the model ({"path", "shipped"}), None when none fits.
-    A THF the user named (--real-thf) must fit, else the run stops here."""
-    from real_vllm.real_thf import served_thf
+def thf_record(path: Path) -> dict:
+    """What the report says of a THF: {"path" (in the package when shipped), "shipped", "members"}."""
+    from real_vllm.thf.model import read_config
     from real_vllm.thf.runtime import SHIPPED_CHECKPOINT
 
-    try:
-        path = served_thf(model, real_thf)
-    except (OSError, ValueError) as e:
-        sys.exit(f"real-vllm eval: --real-thf {real_thf}: cannot load its tokenizer ({e})")
-    if path is None:
-        if real_thf:
-            sys.exit(f"real-vllm eval: --real-thf {real_thf}: its tokenizer is not the model's")
-        return None
-    shipped = Path(path).resolve() == SHIPPED_CHECKPOINT.resolve()
-    return {"path": "real_vllm/thf/checkpoints/" + SHIPPED_CHECKPOINT.name if shipped else str(Path(path).resolve()),
-            "shipped": shipped}
+    path = Path(path).resolve()
+    shipped = path.parent == SHIPPED_CHECKPOINT.parent.resolve()
+    return {"path": "real_vllm/thf/checkpoints/" + path.name if shipped else str(path), "shipped": shipped,
+            "members": list(read_config(path).members)}
+
+
+def run_thfs(model: str, specs: list[str] | None) -> list[dict]:
+    """REAL's THFs in this run, in order ({"name", "folder", "record"}; the first keeps the plain
+    point names): each --real-thf (a folder or a shipped THF's name; each must fit the model, else
+    the run stops here), by default the THF the engine would serve and then every other shipped one,
+    those that fit. Their names (folder names) must differ: they name the points."""
+    from real_vllm.real_thf import served_thf
+    from real_vllm.thf.runtime import checkpoint_path, resolve_checkpoint, shipped_checkpoints
+
+    if specs:
+        try:
+            candidates = [(spec, checkpoint_path(spec)) for spec in specs]
+        except ValueError as e:
+            sys.exit(f"real-vllm eval: --real-thf: {e}")
+    else:
+        default, _ = resolve_checkpoint(None)
+        shipped = list(shipped_checkpoints().values())
+        candidates = [(None, p) for p in ([default] if default else [])
+                      + [p for p in shipped if default is None or p.resolve() != default.resolve()]]
+    thfs = []
+    for spec, folder in candidates:
+        try:
+            fits = served_thf(model, folder) is not None
+        except (OSError, ValueError) as e:
+            if spec:
+                sys.exit(f"real-vllm eval: --real-thf {spec}: cannot load its tokenizer ({e})")
+            fits = False
+        if not fits:
+            if spec:
+                sys.exit(f"real-vllm eval: --real-thf {spec}: its tokenizer is not the model's")
+            continue
+        name = folder.resolve().name
+        if any(t["name"] == name for t in thfs):
+            sys.exit(f"real-vllm eval: two THFs named {name!r} (the folder name names the points): rename one")
+        thfs.append({"name": name, "folder": folder.resolve(), "record": thf_record(folder)})
+    return thfs
 
 
 # --------------------------------------------------------------------------------------------
@@ -285,7 +335,10 @@ def parse_args(argv):
     parser.add_argument("--seeds", type=int, help="samples per prompt; default 4, quick 2 (VS: k)")
     parser.add_argument("--only", help="comma-separated methods or point labels to run (default: all)")
     parser.add_argument("--sled-layers", help="early layers SLED reads (engine setting): all (default), every:K, 0,8,16")
-    parser.add_argument("--real-thf", help="THF checkpoint for REAL (default: the shipped one, for the default model)")
+    parser.add_argument("--real-thf", action="append", metavar="THF",
+                        help="a THF for REAL: a checkpoint folder or a shipped THF's name; repeat it to compare "
+                        "THFs (each one more engine; default: every shipped THF that fits the model, the "
+                        "served default first)")
     parser.add_argument("--out", help="results folder (default: benchmarks/results of the checkout this package "
                         "runs from; required when the package is installed outside a checkout)")
     parser.add_argument("--max-num-seqs", type=int, default=256, help="engine batch size (default 256)")
@@ -312,7 +365,7 @@ def _point_from_json(d: dict) -> Point:
 
 
 # Runs saved before the engine settings were recorded used these.
-DEFAULT_ENGINE = {"sled_layers": None, "real_thf": None}
+DEFAULT_ENGINE = {"sled_layers": None}
 
 
 def load_samples(path: str, data):
@@ -324,26 +377,59 @@ def load_samples(path: str, data):
         sys.exit(f"real-vllm eval --rescore: the prompts of {path} are not those the installed data gives")
     results = [Generated(_point_from_json(g["point"]), g["texts"], g["tokens"], g["seconds"], g["failures"])
                for g in saved["points"]]
+    if saved.get("real_thf"):  # runs saved before points named their THF had one
+        name = Path(saved["real_thf"]["path"]).name
+        for g in results:
+            if g.point.kind == "real" and g.point.thf is None:
+                g.point = dataclasses.replace(g.point, thf=name)
     return saved, wiki, trivia, results
 
 
 def _point_key(point: Point) -> str:
-    return json.dumps(dataclasses.asdict(point), sort_keys=True)
+    """A point's settings, its THF left out (runs saved before points named their THF match; a
+    THF's points differ by name, and reuse checks the THF's folder on its own)."""
+    settings = dataclasses.asdict(point)
+    del settings["thf"]
+    return json.dumps(settings, sort_keys=True)
 
 
-def reusable_points(path: str, data, args, model_name: str, engine: dict) -> dict[str, Generated]:
+def saved_thf_path(saved: dict, point: Point) -> str | None:
+    """The THF folder (as recorded) a REAL point of a saved run ran with; a run saved before points
+    named their THF had one, its "real_thf"."""
+    thfs = saved.get("real_thfs")
+    if thfs is None:
+        return (saved.get("real_thf") or {}).get("path")
+    return thfs.get(point.thf, {}).get("path")
+
+
+def reusable_points(path: str, data, args, model_name: str, engine: dict, points: list[Point],
+                    thfs: list[dict]) -> dict[str, Generated]:
     """The points of an earlier run that this one may take as they are, by their settings: the
-    run must have had the same model, prompts, seeds and engine settings (else exit, saying which)."""
+    run must have had the same model, prompts, seeds and engine settings (else exit, saying which);
+    a REAL point only when its THF is the same folder (else it is generated again, saying so)."""
     if not os.path.exists(path):
         sys.exit(f"real-vllm eval --reuse: no file {path}")
     saved, _, _, results = load_samples(path, data)
+    theirs_engine = {k: saved.get("engine", DEFAULT_ENGINE).get(k) for k in engine}
     for what, theirs, ours in (("model", saved["model"], model_name), ("seeds", saved["seeds"], args.seeds),
                                ("wiki prompts per split", saved["wiki_per_split"], args.wiki),
                                ("questions per split", saved["trivia_per_split"], args.trivia),
-                               ("engine settings", saved.get("engine", DEFAULT_ENGINE), engine)):
+                               ("engine settings", theirs_engine, engine)):
         if theirs != ours:
             sys.exit(f"real-vllm eval --reuse: {path} was made with {what} {theirs!r}, this run has {ours!r}")
-    return {_point_key(g.point): g for g in results}
+    made = {_point_key(g.point): g for g in results}
+    thf_paths = {t["name"]: t["record"]["path"] for t in thfs}
+    done = {}
+    for p in points:
+        g = made.get(_point_key(p))
+        if g is None:
+            continue
+        if p.kind == "real" and saved_thf_path(saved, g.point) != thf_paths[p.thf]:
+            print(f"{p.label}: generated again ({path} made it with the THF {saved_thf_path(saved, g.point)}, "
+                  f"this run has {thf_paths[p.thf]})", file=sys.stderr)
+            continue
+        done[_point_key(p)] = dataclasses.replace(g, point=p)  # this run's point: it names its THF
+    return done
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -363,51 +449,63 @@ def main(argv: list[str] | None = None) -> None:
     if args.rescore:
         saved, wiki, trivia, results = load_samples(args.rescore, data)
         model_name, machine, timing = saved["model"], saved["machine"], saved["timing"]
-        model_record = {k: saved.get(k) for k in ("model_parameters", "real_thf")}
+        model_record = {k: saved.get(k) for k in ("model_parameters", "real_thf", "real_thfs")}
         args.seeds, args.quick, args.wiki, args.trivia = saved["seeds"], saved["quick"], saved["wiki_per_split"], saved["trivia_per_split"]
         points = [g.point for g in results]
     else:
         model = args.model or str(default_model_dir())
         model_name = DEFAULT_MODEL_NAME if not args.model else os.path.basename(os.path.normpath(model))
-        points = sweep(args.quick, args.seeds)
-        thf = thf_record(model, args.real_thf)
-        if thf is None:
+        thfs = run_thfs(model, args.real_thf)
+        if not thfs:
             print("REAL skipped: no THF fits this model (pass --real-thf PATH)", file=sys.stderr)
-            points = [p for p in points if p.method != "real"]
-        model_record = {"model_parameters": parameter_count(model), "real_thf": thf}
+        points = sweep(args.quick, args.seeds, tuple(t["name"] for t in thfs))
+        model_record = {"model_parameters": parameter_count(model), "real_thf": thfs[0]["record"] if thfs else None,
+                        "real_thfs": {t["name"]: t["record"] for t in thfs}}
         if args.only:
             wanted = {w.strip() for w in args.only.split(",") if w.strip()}
-            points = [p for p in points if p.method in wanted or p.label in wanted]
+            points = [p for p in points if p.method in wanted or p.kind in wanted or p.label in wanted]
             if not points:
                 sys.exit(f"real-vllm eval: --only {args.only!r} matches no sweep point")
         wiki = data.wiki_prompts(args.wiki)
         trivia = data.trivia_items(args.trivia)
-        engine = {"sled_layers": args.sled_layers,
-                  "real_thf": os.path.abspath(args.real_thf) if args.real_thf else None}
-        done = reusable_points(args.reuse, data, args, model_name, engine) if args.reuse else {}
+        engine = {"sled_layers": args.sled_layers}
+        done = reusable_points(args.reuse, data, args, model_name, engine, points, thfs) if args.reuse else {}
         todo = [p for p in points if _point_key(p) not in done]
+        # One engine per THF (a server-wide setting): the points of the run's first THF and those
+        # without one share the first; each other THF's points get their own.
+        first = thfs[0]["name"] if thfs else None
+        groups: dict = {}
+        for p in todo:
+            groups.setdefault(p.thf or first, []).append(p)
+        folders = {t["name"]: t["folder"] for t in thfs}
         sampled = sum(1 for p in todo if not p.greedy and p.method != "vs")
         print(f"{model_name}: {len(todo)} sweep points to generate ({sampled} sampled x {args.seeds} seeds)"
               + (f", {len(points) - len(todo)} taken from {args.reuse}" if args.reuse else "")
               + f", {len(wiki)} wiki prompts x {WIKI_MAX_TOKENS} tokens, {len(trivia)} questions x <= "
-              f"{TRIVIA_MAX_TOKENS} tokens", file=sys.stderr)
+              f"{TRIVIA_MAX_TOKENS} tokens"
+              + (f", {len(groups)} engines (one per THF)" if len(groups) > 1 else ""), file=sys.stderr)
         generated: dict[str, Generated] = {}
-        started = time.perf_counter()
         startup = 0.0
-        if todo:
-            llm = start_engine(model, args.sled_layers, args.real_thf, args.max_num_seqs)
-            startup = time.perf_counter() - started
-            try:
-                chat_ids = chat_prompt_ids(llm, [t.question for t in trivia])
-                for point in tqdm(todo, desc="sweep points", unit="point", file=sys.stderr):
-                    tqdm.write(f"-- {point.label}", file=sys.stderr)
-                    generated[_point_key(point)] = generate_point(llm, point, wiki, trivia, chat_ids, args.seeds)
-            finally:
-                llm.llm_engine.engine_core.shutdown()
-                del llm
+        with tqdm(total=len(todo), desc="sweep points", unit="point", file=sys.stderr) as bar:
+            for thf, group in groups.items():
+                started = time.perf_counter()
+                if thf is not None:
+                    tqdm.write(f"== engine with the THF {thf}", file=sys.stderr)
+                llm = start_engine(model, args.sled_layers, folders.get(thf), args.max_num_seqs)
+                startup += time.perf_counter() - started
+                try:
+                    chat_ids = chat_prompt_ids(llm, [t.question for t in trivia])
+                    for point in group:
+                        tqdm.write(f"-- {point.label}", file=sys.stderr)
+                        generated[_point_key(point)] = generate_point(llm, point, wiki, trivia, chat_ids, args.seeds)
+                        bar.update()
+                finally:
+                    llm.llm_engine.engine_core.shutdown()
+                    del llm
+                    gc.collect()
         results = [generated.get(_point_key(p)) or done[_point_key(p)] for p in points]
         # Generation time of every point, reused ones included (each Generated keeps its seconds).
-        timing = {"startup_s": startup, "generation_s": sum(g.seconds for g in results),
+        timing = {"startup_s": startup, "engines": len(groups), "generation_s": sum(g.seconds for g in results),
                   "reused_points": len(points) - len(todo)}
 
     stem = f"quality{'_quick' if args.quick else ''}_{machine}"

@@ -118,9 +118,9 @@ def verdict(lo: float, hi: float, null: float = 0.0) -> str:
     return "reproduces" if lo > null else "contradicted" if hi < null else "inconclusive"
 
 
-def pareto_gain(stats: Stats, label: str, baseline: list[str], task: str, split: str = "test", axis: str = "factuality",
-                with_interval: bool = True) -> Estimate:
-    """The gain of point ``label`` over the baseline curve on ``axis`` (factuality or diversity)."""
+def _gains(stats: Stats, label: str, baseline: list[str], task: str, split: str, axis: str,
+           with_draws: bool = True) -> tuple[float, np.ndarray | None]:
+    """The gain of point ``label`` over the baseline curve on ``axis``, and its bootstrap draws."""
     xkey, ykey = AXES[task]
     if axis == "diversity":
         xkey, ykey = ykey, xkey
@@ -131,13 +131,28 @@ def pareto_gain(stats: Stats, label: str, baseline: list[str], task: str, split:
     point = stats.value(label, task, split)
     base = [stats.value(b, task, split) for b in baseline]
     est = float(gain({k: float(v) for k, v in point.items()}, [{k: float(v) for k, v in b.items()} for b in base]))
-    if not with_interval:
-        return Estimate(est)
+    if not with_draws:
+        return est, None
     rp = stats.resampled(label, task, split)
     rb = [stats.resampled(b, task, split) for b in baseline]
     n = len(next(iter(rp.values())))
-    draws = np.array([gain({k: v[i] for k, v in rp.items()}, [{k: v[i] for k, v in b.items()} for b in rb]) for i in range(n)])
-    return Estimate(est, *interval(draws))
+    return est, np.array([gain({k: v[i] for k, v in rp.items()}, [{k: v[i] for k, v in b.items()} for b in rb])
+                          for i in range(n)])
+
+
+def pareto_gain(stats: Stats, label: str, baseline: list[str], task: str, split: str = "test", axis: str = "factuality",
+                with_interval: bool = True) -> Estimate:
+    """The gain of point ``label`` over the baseline curve on ``axis`` (factuality or diversity)."""
+    est, draws = _gains(stats, label, baseline, task, split, axis, with_interval)
+    return Estimate(est, *interval(draws)) if with_interval else Estimate(est)
+
+
+def pareto_gain_difference(stats: Stats, a: str, b: str, baseline: list[str], task: str, split: str = "test",
+                           axis: str = "factuality") -> Estimate:
+    """Point a's gain over the baseline curve minus point b's, paired (the same resampled items)."""
+    est_a, draws_a = _gains(stats, a, baseline, task, split, axis)
+    est_b, draws_b = _gains(stats, b, baseline, task, split, axis)
+    return Estimate(est_a - est_b, *interval(draws_a - draws_b))
 
 
 def paired_difference(stats: Stats, a: str, b: str, task: str, metric: str, split: str = "test", ratio: bool = False,
