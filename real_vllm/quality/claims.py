@@ -76,9 +76,9 @@ def best_on_tune(stats: Stats, method: str, score) -> str | None:
 
 
 @dataclass(frozen=True)
-class FrontierClaim:
-    """The method's default point lies above the baseline family's curve (both axes measured;
-    the factuality gain on primary_tasks decides), plus the best setting on tune as context."""
+class BaselineClaim:
+    """A paper's claim judged against a baseline family of points (top_p, temperature), on the
+    factuality gain of primary_tasks."""
 
     method: str
     name: str
@@ -86,6 +86,12 @@ class FrontierClaim:
     summary: str
     baseline: str
     primary_tasks: tuple
+
+
+@dataclass(frozen=True)
+class FrontierClaim(BaselineClaim):
+    """The method's default point lies above the baseline family's curve (both axes measured;
+    the factuality gain on primary_tasks decides), plus the best setting on tune as context."""
 
     def rows(self, stats: Stats) -> list[Row]:
         pts = stats.points
@@ -110,19 +116,12 @@ class FrontierClaim:
 
 
 @dataclass(frozen=True)
-class ChoiceClaim:
+class ChoiceClaim(BaselineClaim):
     """Which variant of a method (REAL with each THF), at which setting, beats the baseline family
     by more: each variant's best setting on tune by its gain over the baseline curve at equal
     diversity; the variant whose best is higher there is the choice. On test: the chosen point's
     gain minus each other variant's pick, paired (primary on primary_tasks: "reproduces" confirms
     the choice), and each pick's own gain, as context. Needs two variants or more."""
-
-    method: str
-    name: str
-    claim: str
-    summary: str
-    baseline: str
-    primary_tasks: tuple
 
     def rows(self, stats: Stats) -> list[Row]:
         pts = stats.points
