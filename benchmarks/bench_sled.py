@@ -117,14 +117,14 @@ def main(argv=None) -> None:
                 for n in tqdm(settings, desc=f"lm_head GEMM, {when}", unit="L")}
 
     def plain_row() -> dict:
-        return serve_rows(model_dir, "plain", [], {"plain": ([], {"sampler": "none"})}, load, read_threads)[0]
+        return serve_rows(model_dir, "plain", [], {"plain": ([], {"sampler": "none"})}, [load], inspect=read_threads)[0]
 
     plains = [plain_row()]
     floor_first = floor_ms("after the first server")
     measured = []
     for n, layers in settings.items():
         server_args = ["--sampler", "sled", "--sled-layers", ",".join(map(str, layers))]
-        row = serve_rows(model_dir, f"sled L={n}", server_args, {"sled": ([], {"sampler": "sled"})}, load)[0]
+        row = serve_rows(model_dir, f"sled L={n}", server_args, {"sled": ([], {"sampler": "sled"})}, [load])[0]
         measured.append((n, layers, row))
     if not args.quick:
         plains.append(plain_row())
