@@ -756,20 +756,32 @@ def test_sliding_within_one_window_is_the_causal_llama(word_tok):
         torch.testing.assert_close(model(seq), want, rtol=1e-5, atol=1e-6)
 
 
+def _step_backend(backend):
+    """Skip the C++ step where the extension predates it (CI builds it, so it runs there)."""
+    from real_vllm.thf.incremental import _native_op
+
+    if backend == "cpu" and isinstance(_native_op(), str):
+        pytest.skip(f"the C++ sliding step is not available: {_native_op()}")
+    return backend
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpu"])
 @pytest.mark.parametrize("layers,kv_heads,window", [(2, 1, 5), (3, 2, 4), (1, 1, 7)])
-def test_incremental_forward_equals_the_full_sliding_forward_at_every_step(word_tok, layers, kv_heads, window):
+def test_incremental_forward_equals_the_full_sliding_forward_at_every_step(word_tok, layers, kv_heads, window,
+                                                                         backend):
     """SlidingKVCache over a churning batch: requests join (prefill of the whole prompt, or of
     the last ``context`` tokens of a long one), leave, are preempted and resumed (rebuilt from
     their last ``context`` tokens, in another slot), gain 1-3 tokens a step (speculative
     acceptances), skip steps, and carry non-committing draft rows that read the cache. Every
     output of every step equals the full sliding-window forward over the request's whole
-    sequence (float32, tight tolerance)."""
+    sequence (float32, tight tolerance), with the step in torch and in C++."""
     from real_vllm.thf.incremental import SlidingKVCache
 
     model = _sliding_thf(word_tok, window=window, layers=layers, kv_heads=kv_heads, seed=layers)
     context = model.config.context
     slots = 6
-    cache = SlidingKVCache(model, slots, torch.device("cpu"))
+    cache = SlidingKVCache(model, slots, torch.device("cpu"), backend=_step_backend(backend))
+    assert (cache.native is not None) == (backend == "cpu")
     g = torch.Generator().manual_seed(window)
     draw = lambda n: torch.randint(0, n, (), generator=g).item()  # noqa: E731
     streams = {}  # request -> its whole token stream
@@ -827,6 +839,61 @@ def test_incremental_forward_equals_the_full_sliding_forward_at_every_step(word_
                 assert int(cache.newest[slot]) == n - 1
                 live[r] = (slot, n + 1 + draw(3))
     assert checked > 300 and rebuilt > 5, (checked, rebuilt)
+
+
+@pytest.mark.parametrize("rank", [16, 0])
+def test_cpp_sliding_step_equals_the_torch_step(word_tok, rank):
+    """The C++ step and the torch step from the same caches on the same random rows (prefills,
+    one-token decodes, padding, draft rows, a row rebuilt without its cache, a plain and a
+    factorised embedding): the same outputs, the same key/value rings and newest positions."""
+    from real_vllm.thf.incremental import SlidingKVCache
+
+    _step_backend("cpu")
+    model = _sliding_thf(word_tok, window=6, layers=2, kv_heads=1, rank=rank, seed=3)
+    caches = {b: SlidingKVCache(model, 5, torch.device("cpu"), backend=b) for b in ("torch", "cpu")}
+    g = torch.Generator().manual_seed(11)
+    streams = [torch.randint(0, VOCAB, (80,), generator=g) for _ in range(5)]
+    lengths = [0] * 5
+    for step in range(12):
+        rows = []  # (slot, first position, last position, base, commit_end)
+        for slot in range(5):
+            base = int(caches["torch"].newest[slot])
+            grow = 1 if base >= 0 else 1 + int(torch.randint(0, 20, (), generator=g))
+            last = lengths[slot] + grow - 1
+            if step == 6 and slot == 2:  # rebuilt without its cache from its last `context` tokens
+                base, first = -1, max(0, last - model.config.context + 1)
+            else:
+                first = base + 1 if base >= 0 else 0
+            rows.append((slot, first, last, base, last))
+            lengths[slot] = last + 1
+            if slot == 4 and base >= 0:  # a draft row reading the slot's cache, never committing
+                rows.append((slot, first, last + 1, base, -1))
+        width = max(last - first + 1 for _, first, last, _, _ in rows)
+        tokens = torch.zeros(len(rows), width, dtype=torch.long)
+        positions = torch.zeros(len(rows), width, dtype=torch.long)
+        real = torch.zeros(len(rows), width, dtype=torch.bool)
+        for i, (slot, first, last, _, _) in enumerate(rows):
+            positions[i] = torch.arange(last - width + 1, last + 1)
+            real[i] = positions[i] >= first
+            tokens[i, real[i]] = streams[slot][first:last + 1]
+        args = (torch.tensor([r[0] for r in rows]), tokens, positions, real, torch.tensor([r[3] for r in rows]),
+                torch.tensor([r[4] for r in rows]))
+        want, got = caches["torch"].step(*args), caches["cpu"].step(*args)
+        torch.testing.assert_close(got[real], want[real], rtol=1e-5, atol=1e-5, msg=lambda m: f"step {step}: {m}")
+        for name in ("keys", "values", "newest"):
+            torch.testing.assert_close(getattr(caches["cpu"], name), getattr(caches["torch"], name),
+                                       rtol=1e-5, atol=1e-5, msg=lambda m: f"step {step}, {name}: {m}")
+
+
+def test_sliding_step_backend_errors(word_tok):
+    """An unknown backend, or 'cpu' where the C++ step cannot run, is an error that says why."""
+    from real_vllm.thf.incremental import SlidingKVCache
+
+    model = _sliding_thf(word_tok)
+    with pytest.raises(ValueError, match="backend must be"):
+        SlidingKVCache(model, 2, torch.device("cpu"), backend="cuda")
+    with pytest.raises(ValueError, match="not float32"):
+        SlidingKVCache(model.to(torch.float64), 2, torch.device("cpu"), backend="cpu")
 
 
 def test_sliding_checkpoint_round_trip_and_versions(word_tok, tmp_path):

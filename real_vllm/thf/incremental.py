@@ -29,9 +29,14 @@ from real_vllm.thf.model import THFModel, _rotate, rope
 
 
 class SlidingKVCache:
-    """Per-slot key/value rings of a sliding THF and one batched step over new tokens."""
+    """Per-slot key/value rings of a sliding THF and one batched step over new tokens.
 
-    def __init__(self, model: THFModel, num_slots: int, device: torch.device):
+    backend: "torch" (step's own ATen ops, any device), "cpu" (the C++ op
+    torch.ops.real_vllm.thf_sliding_step: the same ops without the Python around them, for
+    float32 on the CPU) or "auto" (cpu where it applies, else torch).
+    """
+
+    def __init__(self, model: THFModel, num_slots: int, device: torch.device, backend: str = "auto"):
         config = model.config
         if not config.sliding:
             raise ValueError("SlidingKVCache needs a sliding-window THF (THFConfig.attention = 'sliding')")
@@ -54,6 +59,7 @@ class SlidingKVCache:
         for layer in model.backbone.layers:
             attn, mlp = layer.self_attn, layer.mlp
             self.fused.append((_fuse(attn.q_proj, attn.k_proj, attn.v_proj), _fuse(mlp.gate_proj, mlp.up_proj)))
+        self.native = _native_step(self, backend)
 
     def reset(self, slot: int) -> None:
         self.newest[slot] = -1
@@ -85,6 +91,8 @@ class SlidingKVCache:
         the slot's cache and make it the slot's newest; -1 for none. At most one row of a slot
         commits; every row reads the cache as it was before the step.
         """
+        if self.native is not None:
+            return self.native(slots, tokens, positions, real, base, commit_end)
         model, width = self.model, self.window
         backbone = model.backbone
         rows, length = tokens.shape
@@ -104,9 +112,9 @@ class SlidingKVCache:
         visible = torch.cat((sees_held, sees_new), dim=-1)  # [R, T, window + T]
         kv_heads = self.keys.shape[3]
         groups = backbone.layers[0].self_attn.config.num_attention_heads // kv_heads
-        # Additive mask over [R, kv_heads, groups * T, window + T]: a query head's rows per KV head.
+        # Additive mask, broadcast over [R, kv_heads, groups, T, window + T] (a KV head's query heads).
         bias = torch.zeros(visible.shape, dtype=x.dtype, device=x.device).masked_fill_(~visible, float("-inf"))
-        bias = bias[:, None].repeat(1, 1, groups, 1)
+        bias = bias[:, None, None]
         commit = real & (positions <= commit_end[:, None]) & (positions > commit_end[:, None] - width)
         # Ring entries as one flat index (slot * window + entry) into a [slots * window, ...] view.
         writes = (torch.where(commit, slots[:, None], self.trash) * width + torch.remainder(positions, width)).flatten()
@@ -120,7 +128,8 @@ class SlidingKVCache:
             all_keys = torch.cat((self.keys[i, slots], keys), dim=1)  # [R, window + T, kv_heads, D]
             all_values = torch.cat((self.values[i, slots], values), dim=1)
             scores = queries.reshape(rows, kv_heads, groups * length, -1) @ all_keys.permute(0, 2, 3, 1)
-            weights = torch.softmax(scores * attn.scaling + bias, dim=-1)
+            scores = scores.view(rows, kv_heads, groups, length, -1) * attn.scaling + bias
+            weights = torch.softmax(scores, dim=-1).view(rows, kv_heads, groups * length, -1)
             out = (weights @ all_values.transpose(1, 2)).view(rows, -1, length, attn.head_dim)
             x = x + attn.o_proj(out.transpose(1, 2).reshape(rows, length, -1))
             gate, up = torch.nn.functional.linear(_rms_norm(layer.post_attention_layernorm, x), *gate_up).chunk(2, -1)
@@ -133,6 +142,67 @@ class SlidingKVCache:
                                                      reduce="amax", include_self=False)
         self.newest.copy_(torch.where(newest == -2, self.newest, newest))
         return torch.exp(model.head(_rms_norm(backbone.norm, x)).float())
+
+
+def _native_step(cache: SlidingKVCache, backend: str):
+    """The C++ step bound to ``cache``'s weights and rings, or None where the torch step runs."""
+    if backend not in ("auto", "torch", "cpu"):
+        raise ValueError(f"SlidingKVCache backend must be 'auto', 'torch' or 'cpu', got {backend!r}")
+    if backend == "torch":
+        return None
+    model, backbone = cache.model, cache.model.backbone
+    llama = backbone.config
+    layers = backbone.layers
+    eps = {norm.variance_epsilon for layer in layers for norm in (layer.input_layernorm, layer.post_attention_layernorm)}
+    eps.add(backbone.norm.variance_epsilon)
+    embed = backbone.embed_tokens
+    reasons = [why for why, bad in (
+        ("the cache is not float32 on the CPU", cache.keys.device.type != "cpu" or cache.keys.dtype != torch.float32),
+        ("the MLP is not SiLU", llama.hidden_act != "silu"),
+        ("a projection has a bias", any(b is not None for qkv, gate_up in cache.fused for _, b in (qkv, gate_up))
+         or any(layer.self_attn.o_proj.bias is not None or layer.mlp.down_proj.bias is not None for layer in layers)),
+        ("the norms' epsilons differ", len(eps) != 1),
+    ) if bad]
+    op = _native_op()
+    if isinstance(op, str):
+        reasons.append(op)
+    if reasons:
+        if backend == "cpu":
+            raise ValueError(f"SlidingKVCache backend 'cpu' is not available: {'; '.join(reasons)}")
+        return None
+    weights = []
+    for layer, (qkv, gate_up) in zip(layers, cache.fused):
+        weights += [layer.input_layernorm.weight.detach(), qkv[0], layer.self_attn.o_proj.weight.detach(),
+                    layer.post_attention_layernorm.weight.detach(), gate_up[0], layer.mlp.down_proj.weight.detach()]
+        if layer.self_attn.scaling != layers[0].self_attn.scaling:
+            return None
+    if isinstance(embed, torch.nn.Embedding):
+        lookup, proj = embed.weight.detach(), None
+    else:  # the factorised embedding (model.FactorizedEmbedding)
+        lookup, proj = embed.lookup.weight.detach(), embed.proj.weight.detach()
+    rotary = backbone.rotary_emb
+    inv_freq = rotary.inv_freq.detach().to(torch.float64)
+    fixed = dict(rope_scale=float(rotary.attention_scaling), eps=float(eps.pop()),
+                 scaling=float(layers[0].self_attn.scaling), heads=int(llama.num_attention_heads))
+    norm, head = backbone.norm.weight.detach(), model.head
+
+    def step(slots, tokens, positions, real, base, commit_end):
+        return op(weights, lookup, proj, norm, head.weight.detach(), head.bias.detach(), cache.keys, cache.values,
+                  cache.newest, slots.long().contiguous(), tokens.long().contiguous(), positions.long().contiguous(),
+                  real.bool().contiguous(), base.long().contiguous(), commit_end.long().contiguous(), inv_freq,
+                  **fixed)
+
+    return step
+
+
+def _native_op():
+    """torch.ops.real_vllm.thf_sliding_step, or why it is not there."""
+    try:
+        import real_vllm._C  # noqa: F401  (registers torch.ops.real_vllm.*)
+    except ImportError as e:
+        return f"the C++ extension real_vllm._C is not built ({e})"
+    op = getattr(torch.ops.real_vllm, "thf_sliding_step", None)
+    return op if op is not None else "the C++ extension was built before thf_sliding_step existed (rebuild it)"
 
 
 def _fuse(*linears: torch.nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
