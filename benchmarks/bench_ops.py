@@ -2,6 +2,8 @@
 
     python -m benchmarks.bench_ops            # full grid, batch {1,8,64,256} x vocab {32000,...,151936}
     python -m benchmarks.bench_ops --quick    # a smoke run (make bench-quick)
+    python -m benchmarks.bench_ops --scenarios edt   # only these scenarios (comma-separated),
+                                                     # written to ops_edt_<machine>.csv
 
 Scenarios (in-place on float32 logits, as the sampler runs them):
   entropy  ops.entropy                 vs vLLM's Sampler.compute_logprobs (a log_softmax)
@@ -116,7 +118,7 @@ def copy_bandwidth(device) -> float:
     return 2 * src.numel() * 4 / ms
 
 
-def run(batches, vocabs, reps, device) -> list[dict]:
+def run(batches, vocabs, reps, device, scenarios=tuple(PASSES)) -> list[dict]:
     backends = [b for b in ops.available_backends(device) if b != "reference"]
     paths = {s: [] for s in PASSES}
     for table in [REFERENCE, vllm_paths(), GEMM_PATHS, flashinfer_paths(), *(our_paths(b) for b in backends)]:
@@ -127,7 +129,7 @@ def run(batches, vocabs, reps, device) -> list[dict]:
     gen = torch.Generator(device="cpu").manual_seed(0)
     sled_batches = [b for b in batches if device.type == "cuda" or b <= SLED_CPU_MAX_BATCH]
     skipped = sorted(set(batches) - set(sled_batches))
-    grid = [(s, b, v) for s in PASSES for b in (sled_batches if s == "sled" else batches) for v in vocabs]
+    grid = [(s, b, v) for s in scenarios for b in (sled_batches if s == "sled" else batches) for v in vocabs]
     weight = None  # lm_head's weight [max vocab, H], made once; vocab V uses its first V rows
     for scenario, batch, vocab in tqdm(grid, desc="op table", unit="shape"):
         logits = (torch.randn(batch, vocab, generator=gen) * 2.0).to(device)
@@ -186,8 +188,9 @@ def plot(rows, path) -> None:
     import matplotlib.pyplot as plt
 
     vocab = max(r["vocab"] for r in rows)
-    fig, axes = plt.subplots(1, len(PASSES), figsize=(4.5 * len(PASSES), 4), squeeze=False)
-    for ax, scenario in zip(axes[0], PASSES):
+    scenarios = list(dict.fromkeys(r["scenario"] for r in rows))
+    fig, axes = plt.subplots(1, len(scenarios), figsize=(4.5 * len(scenarios), 4), squeeze=False)
+    for ax, scenario in zip(axes[0], scenarios):
         for impl in dict.fromkeys(r["impl"] for r in rows if r["scenario"] == scenario):
             pts = [(r["batch"], r["median_ms"]) for r in rows if r["scenario"] == scenario and r["impl"] == impl and r["vocab"] == vocab]
             ax.plot(*zip(*pts), marker="o", label=impl)
@@ -203,12 +206,18 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small grid, few repetitions (smoke run)")
     parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--scenarios", default=",".join(PASSES), help=f"comma-separated subset of {','.join(PASSES)}")
     parser.add_argument("--out", default=None, help="CSV path (default benchmarks/results/ops_<machine>.csv)")
     args = parser.parse_args(argv)
+    scenarios = [s for s in args.scenarios.split(",") if s]
+    unknown = sorted(set(scenarios) - set(PASSES))
+    if unknown:
+        parser.error(f"unknown scenarios {unknown}: choose from {list(PASSES)}")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     batches, vocabs, reps = ((1, 8), (32000,), 2) if args.quick else (BATCHES, VOCABS, args.reps)
-    rows = run(batches, vocabs, reps, device)
-    stem = "ops_quick" if args.quick else "ops"
+    rows = run(batches, vocabs, reps, device, scenarios)
+    stem = "ops" if set(scenarios) == set(PASSES) else "ops_" + "_".join(scenarios)  # a subset: its own file
+    stem += "_quick" if args.quick else ""
     csv_path = args.out or RESULTS / f"{stem}_{machine_name()}.csv"
     write_csv(csv_path, rows)
     plot(rows, str(csv_path).replace(".csv", ".png"))

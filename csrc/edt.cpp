@@ -81,7 +81,7 @@ EdtParams checked_params(const at::Tensor& logits, const at::Tensor& t0, const a
 // Fewer rows than threads: one work item per (row, segment), so a lone row's stats pass runs
 // on every thread. The segments' stats are merged in row order, as softmax_stats does, so T
 // is bit-identical to the row-per-thread path. With `scaled` (the same memory as x, writable),
-// each segment is then divided by its row's T, again spread over the threads.
+// the rows are then divided by their T, in equal spans over the threads.
 bool split_rows_across_threads(int64_t batch, int64_t vocab) {
   return batch < at::get_num_threads() && vocab > kStatsSegment && !at::in_parallel_region();
 }
@@ -104,11 +104,14 @@ void edt_split_rows(const EdtParams& params, const float* x, float* scaled, int6
     t[r] = params.temperature(r, st);
   }
   if (scaled == nullptr) return;
-  at::parallel_for(0, batch * segments, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t r = i / segments, s0 = (i % segments) * kStatsSegment;
-      const int64_t len = std::min(kStatsSegment, vocab - s0);
-      if (t[r] != 1.0f) temperature_row(scaled + r * vocab + s0, len, t[r]);
+  // The division has no order to keep: the batch's entries are cut into equal spans, one a
+  // thread, where the segments (3 of 16,384 for a 49,152-token row) would leave one thread
+  // with twice the other's share.
+  at::parallel_for(0, batch * vocab, kStatsSegment / 4, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end;) {
+      const int64_t r = i / vocab, span_end = std::min(end, (r + 1) * vocab);
+      if (t[r] != 1.0f) temperature_row(scaled + i, span_end - i, t[r]);
+      i = span_end;
     }
   });
 }
