@@ -223,16 +223,21 @@ void sled_stats_(const at::Tensor& logits, const at::Tensor& chunk, int64_t offs
   });
 }
 
-// softmax_stats compiled for the running CPU's vector width (sled_finish_ itself is not
-// multiversioned; the baseline build of this exp-bound pass is several times slower).
-REAL_VLLM_ROW_KERNEL SoftmaxStats final_row_stats(const float* row, int64_t n) {
-  return softmax_stats(row, n);
-}
-
-// Finite entries -> lower_bound; masked ones stay -inf.
-REAL_VLLM_ROW_KERNEL void fill_finite(float* row, int64_t n, float value) {
+// The final row's softmax stats (softmax_stats, compiled for the running CPU's vector width:
+// sled_finish_ itself is not multiversioned, and the baseline build of this exp-bound pass is
+// several times slower), and the row overwritten as it goes: each segment, once read, has its
+// finite entries set to `value` (masked ones stay -inf) while it is still in L2, so the row
+// is read from memory once for both.
+REAL_VLLM_ROW_KERNEL SoftmaxStats final_row_stats_then_fill(float* row, int64_t n, float value) {
+  SoftmaxStats st;
+  for (int64_t s0 = 0; s0 < n; s0 += kStatsSegment) {
+    float* segment = row + s0;
+    const int64_t len = std::min(kStatsSegment, n - s0);
+    merge_stats(st, segment_stats<false>(segment, len, nullptr, 1.0f));
 #pragma omp simd
-  for (int64_t v = 0; v < n; ++v) row[v] = row[v] > -kInf ? value : row[v];
+    for (int64_t v = 0; v < len; ++v) segment[v] = segment[v] > -kInf ? value : segment[v];
+  }
+  return st;
 }
 
 void sled_finish_(at::Tensor& logits, const at::Tensor& stats, const at::Tensor& candidates,
@@ -268,7 +273,7 @@ void sled_finish_(at::Tensor& logits, const at::Tensor& stats, const at::Tensor&
   const int64_t pairs = layers * batch;
 
   at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
-    std::vector<double> latent(k);
+    std::vector<double> latent(k), final_at(k);
     std::vector<float> evolved(k);
     for (int64_t b = begin; b < end; ++b) {
       const int64_t c = std::min(cnt[b], k);
@@ -278,7 +283,8 @@ void sled_finish_(at::Tensor& logits, const at::Tensor& stats, const at::Tensor&
       for (int64_t j = 0; j < c; ++j) {
         TORCH_CHECK(ids[j] >= 0 && ids[j] < vocab, op, ": candidate ", ids[j], " is outside the vocabulary");
       }
-      const SoftmaxStats fs = final_row_stats(row, vocab);
+      for (int64_t j = 0; j < c; ++j) final_at[j] = row[ids[j]];  // l_N(i), before the row is overwritten
+      const SoftmaxStats fs = final_row_stats_then_fill(row, vocab, lb[b]);
       const double log_z = double(fs.max) + std::log(fs.z);
       double total = 0;
       std::fill(latent.begin(), latent.begin() + c, 0.0);
@@ -291,7 +297,7 @@ void sled_finish_(at::Tensor& logits, const at::Tensor& stats, const at::Tensor&
         for (int64_t j = 0; j < c; ++j) {
           const double e = cl[p * k + j];
           const double prob = std::exp(e - m) / z;
-          const double dot = mean_d - (e - double(row[ids[j]]));
+          const double dot = mean_d - (e - final_at[j]);
           const double denom = std::sqrt(d_sq * (p_sq - 2.0 * prob + 1.0));
           const double cos = denom > 0 ? dot / denom : 0.0;
           const double w = cos > 0 ? cos * cos : 0.0;
@@ -300,11 +306,10 @@ void sled_finish_(at::Tensor& logits, const at::Tensor& stats, const at::Tensor&
         }
       }
       for (int64_t j = 0; j < c; ++j) {
-        const double l_final = row[ids[j]];
+        const double l_final = final_at[j];
         const double p_latent = total > 0 ? latent[j] / total : 0.0;
         evolved[j] = float(l_final - double(al[b]) * (std::exp(l_final - log_z) - p_latent));
       }
-      fill_finite(row, vocab, lb[b]);
       for (int64_t j = 0; j < c; ++j) row[ids[j]] = evolved[j];
     }
   });

@@ -41,7 +41,7 @@ MIN_CHUNK = 1024  # vocabulary rows per GEMM below which plan() takes fewer rows
 
 
 def plan(num_rows: int, num_layers: int, vocab: int, *, from_hidden: bool, logits_dtype_bytes: int = 4,
-         budget: int | None = None) -> tuple[int, int]:
+         budget: int | None = None, cpu: bool = True) -> tuple[int, int]:
     """(rows per call, vocabulary chunk) for a SLED step of ``num_rows`` rows, so that its working
     memory stays under ``budget`` bytes.
 
@@ -49,8 +49,9 @@ def plan(num_rows: int, num_layers: int, vocab: int, *, from_hidden: bool, logit
     logits of one chunk, counted per element as the float32 chunk still held while the next is
     made (4 bytes), lm_head's output in its own dtype and its float32 or scaled copy (4): plus a
     float32 copy of each row's logits (a mixed batch gathers them). Chunks shrink before rows do,
-    down to MIN_CHUNK. From full early logits (a tensor-parallel or quantised lm_head) a call
-    holds [L, rows, V] float32, one layer's lm_head output and the row copies. The Triton backend
+    down to MIN_CHUNK; on the CPU (``cpu``) they are at most ops.SLED_CPU_CHUNK, the fastest
+    measured there (see ops). From full early logits (a tensor-parallel or quantised lm_head) a
+    call holds [L, rows, V] float32, one layer's lm_head output and the row copies. The Triton backend
     fuses the projection and ignores the chunk. The reference backend (no C++ extension built)
     is a readable fallback whose own temporaries are not bounded by this plan.
     """
@@ -60,9 +61,10 @@ def plan(num_rows: int, num_layers: int, vocab: int, *, from_hidden: bool, logit
         per_row = vocab * (4 * num_layers + logits_dtype_bytes + 4)
         return max(1, min(num_rows, budget // per_row)), vocab
     element = 4 + logits_dtype_bytes + 4
-    rows = max(1, min(num_rows, budget // (row_copy + num_layers * min(MIN_CHUNK, vocab) * element)))
+    widest = min(vocab, ops.SLED_CPU_CHUNK) if cpu else vocab
+    rows = max(1, min(num_rows, budget // (row_copy + num_layers * min(MIN_CHUNK, widest) * element)))
     chunk = (budget - rows * row_copy) // (num_layers * rows * element)
-    return rows, max(1, min(vocab, chunk))
+    return rows, max(1, min(widest, chunk))
 
 
 class SLED(Method):
@@ -80,7 +82,7 @@ class SLED(Method):
         early = step.early
         streamed = early.streams_from_hidden
         rows_per_call, chunk = plan(len(rows), early.num_layers(self.name), logits.shape[1], from_hidden=streamed,
-                                    logits_dtype_bytes=early.logits_dtype_bytes)
+                                    logits_dtype_bytes=early.logits_dtype_bytes, cpu=logits.device.type == "cpu")
         alpha, lower_bound = step.column("sled_alpha"), step.column("sled_lower_bound")
         for part, pick, target in row_chunks(logits, rows, rows_per_call):
             k = torch.from_numpy(step.row_values("sled_k", part))  # the top-k width on the host: no sync
