@@ -162,6 +162,7 @@ def _native_step(cache: SlidingKVCache, backend: str):
         ("a projection has a bias", any(b is not None for qkv, gate_up in cache.fused for _, b in (qkv, gate_up))
          or any(layer.self_attn.o_proj.bias is not None or layer.mlp.down_proj.bias is not None for layer in layers)),
         ("the norms' epsilons differ", len(eps) != 1),
+        ("the layers' attention scales differ", len({layer.self_attn.scaling for layer in layers}) != 1),
     ) if bad]
     op = _native_op()
     if isinstance(op, str):
@@ -174,8 +175,6 @@ def _native_step(cache: SlidingKVCache, backend: str):
     for layer, (qkv, gate_up) in zip(layers, cache.fused):
         weights += [layer.input_layernorm.weight.detach(), qkv[0], layer.self_attn.o_proj.weight.detach(),
                     layer.post_attention_layernorm.weight.detach(), gate_up[0], layer.mlp.down_proj.weight.detach()]
-        if layer.self_attn.scaling != layers[0].self_attn.scaling:
-            return None
     if isinstance(embed, torch.nn.Embedding):
         lookup, proj = embed.weight.detach(), None
     else:  # the factorised embedding (model.FactorizedEmbedding)
@@ -184,10 +183,11 @@ def _native_step(cache: SlidingKVCache, backend: str):
     inv_freq = rotary.inv_freq.detach().to(torch.float64)
     fixed = dict(rope_scale=float(rotary.attention_scaling), eps=float(eps.pop()),
                  scaling=float(layers[0].self_attn.scaling), heads=int(llama.num_attention_heads))
-    norm, head = backbone.norm.weight.detach(), model.head
+    # Detached once here: the step is on REAL's per-token path.
+    norm, head_weight, head_bias = backbone.norm.weight.detach(), model.head.weight.detach(), model.head.bias.detach()
 
     def step(slots, tokens, positions, real, base, commit_end):
-        return op(weights, lookup, proj, norm, head.weight.detach(), head.bias.detach(), cache.keys, cache.values,
+        return op(weights, lookup, proj, norm, head_weight, head_bias, cache.keys, cache.values,
                   cache.newest, slots.long().contiguous(), tokens.long().contiguous(), positions.long().contiguous(),
                   real.bool().contiguous(), base.long().contiguous(), commit_end.long().contiguous(), inv_freq,
                   **fixed)
